@@ -1,0 +1,36 @@
+# dlgpr: `make demo` trains the main job on the embedded world; `make test` runs the test suite.
+# Both create .venv on first use. The install pins a torch/torchvision pair from the registry
+# (CUDA builds that also run on a CPU) so pip never takes a local CPU-only torch wheel for
+# which no matching torchvision exists.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dlgpr-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow clean-data
+
+$(STAMP): setup.cfg pyproject.toml requirements/torch.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet --upgrade pip
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet -r requirements/torch.txt
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet -c requirements/torch.txt -e '.[dev]'
+	$(PY) -c "import torch, torchvision, torchvision.ops; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dlgpr fit --config configs/cmpl.yaml
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-slow: $(STAMP)
+	$(PY) -m pytest --runslow $(PYTEST_ARGS)
+
+clean-data:
+	rm -rf data/synthcities

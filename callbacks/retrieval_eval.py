@@ -1,0 +1,108 @@
+"""Static text-to-image place retrieval with full descriptions: R@1/5/10 each validation.
+
+Every description of the split queries the gallery of all its images; a query is a hit at K
+when an image of its place is among the top K (REFERENCE.md, "Metrics"). The module's
+``validation_step`` / ``test_step`` return ``{"image_emb", "text_emb", "place_id", "view"}``;
+this callback collects them, gathers them from all ranks (so a DDP run reports the same numbers
+as one process), searches once (faiss by default) and logs ``val/recall@K`` (``test/...`` in
+``test``) to the loggers, one console line, and one JSON line per evaluation appended to
+``<log_dir>/retrieval_<val|test>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.gather import gather_rows
+from dlgpr.metrics import recall_at_k
+from dlgpr.retrieval import rank_of_place, unique_rows
+from dlgpr.search import Backend
+
+_FIELDS = ("image_emb", "text_emb", "place_id", "view")
+
+
+class RetrievalEvalCallback(Callback):
+    """Args: ks: the K of R@K; backend: top-k search backend (``faiss``, ``torch``, ``auto``)."""
+
+    def __init__(self, ks: list[int] | None = None, backend: Backend = "faiss") -> None:
+        super().__init__()
+        self.ks = sorted(ks or [1, 5, 10])
+        if self.ks[0] < 1:
+            raise ValueError(f"ks must be >= 1, got {self.ks}")
+        self.backend = backend
+        self._rows: dict[str, list[torch.Tensor]] = {}
+        self.last_results: dict[str, float] = {}
+
+    # ---- collection -----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._rows = {f: [] for f in _FIELDS}
+
+    def _collect(self, outputs: Any) -> None:
+        if not isinstance(outputs, dict) or not all(f in outputs for f in _FIELDS):
+            raise TypeError(f"RetrievalEvalCallback needs the eval step to return a dict with {_FIELDS}")
+        for f in _FIELDS:
+            self._rows[f].append(outputs[f].detach())
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._reset()
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+        self._collect(outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+        self._collect(outputs)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:  # a sanity check sees two batches: no meaningful recall
+            self._evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluate(trainer, pl_module, "test")
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _local(self, field: str, pl_module: LightningModule) -> torch.Tensor:
+        parts = self._rows.get(field, [])
+        if parts:
+            x = torch.cat(parts)
+            return (x.float() if field.endswith("_emb") else x.long()).to(pl_module.device)
+        # this rank saw no sample: it still takes part in the gather, with zero rows
+        if field.endswith("_emb"):
+            return torch.zeros(0, int(getattr(pl_module, "embed_dim")), device=pl_module.device)
+        return torch.zeros(0, dtype=torch.long, device=pl_module.device)
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
+        local = {f: self._local(f, pl_module) for f in _FIELDS}
+        rows = {f: gather_rows(trainer, local[f]).cpu() for f in _FIELDS}
+        self._reset()
+        if rows["place_id"].numel() == 0:
+            rank_zero_info(f"[{prefix}] retrieval eval: no samples")
+            return
+        keep = unique_rows(rows["place_id"], rows["view"])
+        image_emb, text_emb = rows["image_emb"][keep].float(), rows["text_emb"][keep].float()
+        labels = rows["place_id"][keep]
+        ranks = rank_of_place(text_emb, labels, image_emb, labels, k=max(self.ks), backend=self.backend)
+        recalls = recall_at_k(ranks, self.ks)
+        self.last_results = {f"{prefix}/recall@{k}": v for k, v in recalls.items()}
+        for name, value in self.last_results.items():
+            pl_module.log(name, value, rank_zero_only=False, sync_dist=False)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and log_dir is not None:
+            record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "queries": len(labels), **self.last_results}
+            path = Path(log_dir) / f"retrieval_{prefix}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        summary = "  ".join(f"R@{k} {100 * v:5.1f}" for k, v in recalls.items())
+        rank_zero_info(
+            f"[{prefix}] epoch {trainer.current_epoch} step {trainer.global_step}: {summary}  "
+            f"({len(labels)} descriptions -> {len(labels)} images, {int(labels.unique().numel())} places)"
+        )

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` models (no Lightning): they return embeddings or logits, never a loss."""

@@ -1,0 +1,1 @@
+"""LightningModules: they wire ``dlgpr.models`` to ``dlgpr.losses`` and the optimiser."""

@@ -1,0 +1,166 @@
+import io
+import logging
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import make_tiny_dataset
+from datamodules.dqcities import DQCitiesDataModule
+from dlgpr.data.shards import read_manifest
+from dlgpr.data.streaming import ImageTransform, PlaceBatchStream, Preprocessing, RecordCollator, RecordStream
+
+
+def char_tokenizer(texts):
+    out = torch.zeros(len(texts), 24, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [ord(c) % 97 + 1 for c in t[:24]]
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+PREP = Preprocessing(image_size=16, tokenizer=char_tokenizer)
+
+
+def _dm(root, **kw):
+    args = dict(data_dir=str(root), synthetic=None, places_per_batch=4, views_per_place=2, eval_batch_size=5, num_workers=0, seed=3)
+    args.update(kw)
+    dm = DQCitiesDataModule(**args)
+    dm.set_preprocessing(PREP)
+    dm.setup("fit")
+    return dm
+
+
+def test_place_batched_batches(tiny_dataset):
+    dm = _dm(tiny_dataset)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 24 // 4  # 24 train places, P = 4
+    seen = Counter()
+    for b in batches:
+        assert b["image"].shape == (8, 3, 16, 16)
+        assert b["tokens"].shape == (8, 24)
+        counts = Counter(b["place_id"].tolist())
+        assert len(counts) == 4 and set(counts.values()) == {2}  # P distinct places x K views
+        # the two rows of a place are its two different views
+        for pid in counts:
+            assert sorted(b["view"][b["place_id"] == pid].tolist()) == [0, 1]
+        seen.update(counts.keys())
+    assert len(seen) == 24 and set(seen.values()) == {1}  # every place once per epoch
+
+
+def test_epoch_order_is_seeded(tiny_dataset):
+    def order(epoch, seed=3):
+        ds = _dm(tiny_dataset, seed=seed).train_dataset()
+        ds.set_epoch(epoch)
+        return [b["place_id"].tolist() for b in ds]
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert order(0) != order(0, seed=4)
+
+
+def _keys_eval(ds, rank, world, workers):
+    ds.set_distributed(rank, world)
+    loader = DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=RecordCollator(None))
+    return [k for b in loader for k in b["key"]]
+
+
+def test_eval_stream_each_sample_once_across_2_ranks_x_2_workers(tiny_dataset):
+    dm = _dm(tiny_dataset, num_workers=2)
+    manifest = read_manifest(tiny_dataset)
+    assert len(manifest.split_shards("train")) >= 4
+    keys = []
+    for rank in range(2):
+        keys += _keys_eval(dm.eval_dataset("train"), rank, 2, 2)
+    assert len(keys) == manifest.counts()["train"]["samples"]
+    assert len(set(keys)) == len(keys)
+
+
+def test_train_stream_disjoint_and_equal_length_across_2_ranks_x_2_workers(tiny_dataset):
+    dm = _dm(tiny_dataset, num_workers=2, places_per_batch=2)
+    per_rank = []
+    for rank in range(2):
+        ds = dm.train_dataset()
+        ds.set_distributed(rank, 2)
+        expected_len = len(ds)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        batches = list(loader)
+        assert len(batches) == expected_len
+        per_rank.append([pid for b in batches for pid in set(b["place_id"].tolist())])
+    assert len(per_rank[0]) == len(per_rank[1]) > 0  # same number of batches (and places) per rank
+    all_places = per_rank[0] + per_rank[1]
+    assert len(set(all_places)) == len(all_places)  # no place served twice in the epoch
+    assert len(all_places) >= 24 - 2 * 2 * (2 - 1)  # at most P - 1 places left over per worker
+
+
+def _rewrite_member(tar_path: Path, mutate):
+    members = []
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            members.append((m.name, tar.extractfile(m).read()))
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in members:
+            new = mutate(name, data)
+            if new is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(new)
+            tar.addfile(info, io.BytesIO(new))
+
+
+def test_bad_data_is_skipped_counted_and_reported(tmp_path, caplog):
+    root = tmp_path / "bad"
+    manifest = make_tiny_dataset(root, places={"train": 12}, per_shard=8)
+    shards = manifest.split_shards("train")
+    total = manifest.counts()["train"]["samples"]
+    # 1: an image that does not decode; 2: a json missing a field; 3: a truncated tar
+    first_jpg = [n for n, _ in _members(root / shards[0].path) if n.endswith(".jpg")][0]
+    _rewrite_member(root / shards[0].path, lambda n, d: b"not a jpeg" if n == first_jpg else d)
+    first_json = [n for n, _ in _members(root / shards[1].path) if n.endswith(".json")][0]
+    _rewrite_member(root / shards[1].path, lambda n, d: d.replace(b'"description"', b'"descr"') if n == first_json else d)
+    data = (root / shards[2].path).read_bytes()
+    (root / shards[2].path).write_bytes(data[: len(data) // 2])
+
+    dm = _dm(root)
+    ds = dm.eval_dataset("train")
+    with caplog.at_level(logging.WARNING, logger="dlgpr.data"):
+        delivered = [s["key"] for s in ds]
+    bad = ds.last_bad
+    kinds = bad.by_kind()
+    assert kinds["bad_image"] == 1 and kinds["bad_json"] == 1 and kinds["truncated_tar"] >= 1
+    assert len(delivered) + bad.total == total  # every sample is either delivered or counted
+    warnings = [r.getMessage() for r in caplog.records if "bad sample" in r.getMessage()]
+    assert len(warnings) == 1  # once per epoch
+    for s in shards[:3]:
+        assert s.path in warnings[0]
+
+    # training still yields its full epoch: a top-up pass replaces the lost places
+    train = dm.train_dataset()
+    assert sum(1 for _ in train) == len(train) == 24 // 4
+
+
+def _members(path):
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def test_missing_data_dir_is_a_one_line_error(tmp_path):
+    dm = DQCitiesDataModule(data_dir=str(tmp_path / "nowhere"), synthetic=None)
+    with pytest.raises(FileNotFoundError) as exc:
+        dm.prepare_data()
+    msg = str(exc.value)
+    assert "\n" not in msg and str(tmp_path / "nowhere") in msg and "make_synthcities.py" in msg
+
+
+def test_eval_transform_is_deterministic_and_normalised(tiny_dataset):
+    t = ImageTransform(PREP)
+    from PIL import Image
+
+    img = Image.new("RGB", (32, 32), (255, 0, 0))
+    a, b = t(img), t(img)
+    assert torch.equal(a, b) and a.shape == (3, 16, 16)
+    assert a[0].mean().item() == pytest.approx((1.0 - PREP.mean[0]) / PREP.std[0], rel=1e-4)

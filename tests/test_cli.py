@@ -1,0 +1,131 @@
+"""End to end through ``python -m dlgpr`` (LightningCLI): parse, fit, resume, validate, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_dataset
+from dlgpr.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["dlgpr"])  # LightningCLI(args=...) must not also see pytest's argv
+
+
+def tiny_args(data_dir: Path, *extra: str) -> list[str]:
+    """configs/cmpl.yaml shrunk to seconds: tiny data, 32 px, short text, no workers."""
+    return [
+        "--config", str(ROOT / "configs" / "cmpl.yaml"),
+        "--data.init_args.data_dir", str(data_dir),
+        "--data.init_args.synthetic", "null",
+        "--data.init_args.places_per_batch", "4",
+        "--data.init_args.views_per_place", "2",
+        "--data.init_args.eval_batch_size", "16",
+        "--data.init_args.num_workers", "0",
+        "--model.init_args.backbone.image_size", "32",
+        "--model.init_args.backbone.context_length", "24",
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
+def test_every_config_parses(config, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:  # --print_config parses, validates and exits 0
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+
+
+def test_embedded_configs_instantiate(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main(tiny_args(tmp_path / "d"), run=False)
+    assert type(cli.model).__name__ == "CLIPBaselineModule"
+    assert type(cli.datamodule).__name__ == "DQCitiesDataModule"
+    assert cli.model.lr == 5e-4
+
+
+def test_dotted_overrides_reach_the_objects(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main(tiny_args(tmp_path / "d", "--model.lr", "1e-4", "--trainer.max_epochs", "3"), run=False)
+    assert cli.model.lr == 1e-4 and cli.trainer.max_epochs == 3
+
+
+def test_fit_changes_parameters_saves_and_resumes(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d"
+    make_tiny_dataset(data)
+    cli = main(tiny_args(data, "--trainer.limit_train_batches", "3", "--trainer.max_epochs", "1"), run=False)
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    cli.trainer.fit(cli.model, cli.datamodule)
+    after = cli.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > 0.9 * len([k for k, v in before.items() if v.dtype.is_floating_point and k != "backbone.model.logit_scale"])
+    assert cli.trainer.global_step == 3
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    assert ckpt.is_file()
+    log_dir = Path(cli.trainer.log_dir)
+    assert any(log_dir.glob("events.out.tfevents.*"))  # TensorBoard by default
+    lines = (log_dir / "retrieval_val.jsonl").read_text().splitlines()
+    assert 0.0 <= json.loads(lines[-1])["val/recall@1"] <= 1.0
+
+    # resume: the step counter and the weights continue from the checkpoint
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 3
+    cli2 = main(tiny_args(data, "--trainer.limit_train_batches", "3", "--trainer.max_epochs", "2"), run=False)
+    cli2.trainer.fit(cli2.model, cli2.datamodule, ckpt_path=str(ckpt))
+    assert cli2.trainer.global_step == 6 and cli2.trainer.current_epoch == 2
+    resumed = cli2.model.state_dict()
+    key = "backbone.model.visual.conv1.weight"
+    assert not torch.equal(resumed[key], after[key])  # trained on
+    assert (resumed[key] - after[key]).abs().max() < (after[key] - before[key]).abs().max() * 10  # from the checkpoint, not from scratch
+
+
+def test_validate_and_test_report_recall(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main(["validate", *tiny_args(tmp_path / "d")])
+    assert set(cli.trainer.callback_metrics) >= {"val/recall@1", "val/recall@5", "val/recall@10"}
+    cli = main(["test", *tiny_args(tmp_path / "d")])
+    r1, r10 = float(cli.trainer.callback_metrics["test/recall@1"]), float(cli.trainer.callback_metrics["test/recall@10"])
+    assert 0.0 <= r1 <= r10 <= 1.0
+
+
+def _run_dlgpr(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dlgpr", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last_json(path: Path) -> dict:
+    return json.loads(path.read_text().splitlines()[-1])
+
+
+def test_ddp_two_cpu_processes_fit_and_match_single_process_eval(tmp_path):
+    data = tmp_path / "d"
+    make_tiny_dataset(data, places={"train": 12, "val": 6, "test": 2}, per_shard=4)
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    fit = _run_dlgpr(["fit", *tiny_args(data, "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "fit"), *ddp], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = next((tmp_path / "lightning_logs" / "fit").rglob("last.ckpt"))
+    one = _run_dlgpr(["validate", *tiny_args(data, "--trainer.logger.init_args.version", "one"), "--ckpt_path", str(ckpt)], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run_dlgpr(["validate", *tiny_args(data, "--trainer.logger.init_args.version", "two"), *ddp, "--ckpt_path", str(ckpt)], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = _last_json(tmp_path / "lightning_logs" / "one" / "retrieval_val.jsonl")
+    r2 = _last_json(tmp_path / "lightning_logs" / "two" / "retrieval_val.jsonl")
+    assert r1["queries"] == r2["queries"] == 2 * 6 * 2  # every val description once, none lost or doubled
+    for k in ("val/recall@1", "val/recall@5", "val/recall@10"):
+        assert r1[k] == pytest.approx(r2[k], abs=1e-6)

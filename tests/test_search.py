@@ -1,0 +1,48 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlgpr.retrieval import rank_of_place, unique_rows
+from dlgpr.search import topk_search
+
+
+def _data(q=37, g=211, d=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(q, d, generator=gen), dim=1), F.normalize(torch.randn(g, d, generator=gen), dim=1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss", "auto"])
+def test_topk_matches_naive_full_sort(backend):
+    q, g = _data()
+    scores, idx = topk_search(q, g, k=10, backend=backend, chunk_size=8)
+    ref = (q @ g.T).argsort(dim=1, descending=True)[:, :10]
+    assert torch.equal(idx, ref)
+    assert torch.allclose(scores, (q @ g.T).gather(1, ref), atol=1e-5)
+
+
+def test_topk_clips_k_and_validates():
+    q, g = _data(q=3, g=4)
+    _, idx = topk_search(q, g, k=10, backend="torch")
+    assert idx.shape == (3, 4)
+    with pytest.raises(ValueError):
+        topk_search(q, g[:, :5], k=2)
+    with pytest.raises(ValueError):
+        topk_search(q, g, k=2, backend="annoy")  # type: ignore[arg-type]
+
+
+def test_rank_of_place_against_naive():
+    q, g = _data(q=20, g=60)
+    gl = torch.arange(60) // 3  # 20 places x 3 images
+    ql = torch.arange(20)
+    ranks = rank_of_place(q, ql, g, gl, k=60, backend="faiss")
+    sim = q @ g.T
+    for i in range(20):
+        order = sim[i].argsort(descending=True)
+        expected = int((gl[order] == ql[i]).nonzero()[0]) + 1
+        assert ranks[i].item() == expected
+
+
+def test_unique_rows_keeps_first_occurrence():
+    pid = torch.tensor([3, 1, 3, 2, 1])
+    view = torch.tensor([0, 0, 0, 1, 1])
+    assert unique_rows(pid, view).tolist() == [0, 1, 3, 4]
