@@ -1,0 +1,223 @@
+"""The SynthCities world model: cities with style priors, places with exact static attributes.
+
+A place is a flat dict of *slots* (``SLOTS``) with JSON-serialisable values. It is the ground
+truth the simulated user answers from, so every slot is something the renderer draws and the
+description states. Places of one city are drawn from that city's *style prior* (a skewed
+distribution per slot), so they share many values and are hard negatives of each other, while
+different cities favour different values.
+
+Everything is a pure function of the seed: each random draw comes from a ``random.Random``
+seeded with a string naming its purpose (string seeds are hashed with SHA-512 by ``random``,
+unlike the salted built-in ``hash()``), so results do not depend on process or draw order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+COLORS = ("red", "orange", "yellow", "green", "blue", "teal", "purple", "pink",
+          "white", "grey", "black", "brown", "beige")
+SHOP_SIGNS = ("CAFE", "BANK", "BAKERY", "PHARMACY", "HOTEL", "BOOKS", "MARKET", "TAILOR",
+              "FLORIST", "BARBER", "PIZZA", "DELI", "GALLERY", "TOYS", "SHOES", "LAUNDRY")
+NONE = "none"
+
+#: Every static slot of a place and its possible values. Slots whose value is ``"none"`` mean the
+#: element is absent; ``sign_color``, ``awning_pattern`` and ``phone_booth_color`` are ``"none"``
+#: exactly when ``shop_sign``, ``awning`` and ``phone_booth`` are. Positions are as seen from the
+#: street; ``phone_booth`` is relative to the door, ``bench``/``street_lamp``/``tree`` to the facade.
+SLOTS: dict[str, list[Any]] = {
+    "facade_color": list(COLORS),
+    "material": ["brick", "stone", "stucco", "wood", "concrete", "glass"],
+    "floors": [1, 2, 3, 4, 5, 6],
+    # Windows on each upper floor (the ground floor is a shop front); on a one-storey building,
+    # the windows beside the door.
+    "windows_per_floor": [2, 3, 4, 5],
+    "window_style": ["square", "arched", "narrow", "round"],
+    "shutters": [NONE, *COLORS],
+    "trim_color": list(COLORS),
+    "roof": ["flat", "gabled", "mansard", "hipped"],
+    "shop_sign": [NONE, *SHOP_SIGNS],  # the text painted on the sign
+    "sign_color": [NONE, *COLORS],  # background colour of the sign board
+    "awning": [NONE, *COLORS],
+    "awning_pattern": [NONE, "plain", "striped"],
+    "door_color": list(COLORS),
+    "door_position": ["left", "center", "right"],
+    "balcony": [NONE, "iron", "stone", "wooden"],  # on the first upper floor; none on one-storey buildings
+    "flower_boxes": [NONE, "red", "pink", "yellow", "purple", "white"],  # colour of the flowers
+    "phone_booth": [NONE, "left", "right"],  # side of the door
+    "phone_booth_color": [NONE, "red", "blue", "green", "yellow", "black", "grey"],
+    "bench": [NONE, "left", "right"],
+    "street_lamp": [NONE, "left", "right"],
+    "tree": [NONE, "left", "right"],
+    "house_number": list(range(1, 200)),
+    "sidewalk": ["cobblestone", "paved", "asphalt"],
+}
+
+#: Slots that only exist when their parent slot is not ``"none"`` (child -> parent).
+DEPENDENT_SLOTS = {"sign_color": "shop_sign", "awning_pattern": "awning", "phone_booth_color": "phone_booth"}
+
+#: Slots a city does not skew: house numbers are not a style.
+_UNSKEWED = ("house_number",)
+
+_CITY_NAMES = ("Aurelia", "Borgo", "Caldera", "Dunmore", "Eskerby", "Fennwick", "Galdora", "Halvik",
+               "Istrana", "Jorvale", "Kestrel", "Lunetta", "Marbury", "Norhaven", "Ostrava", "Pellandra")
+# (lat, lon) of the fictional city centres: spread over the globe so geo-distances are meaningful.
+_CITY_CENTRES = ((41.90, 12.50), (45.44, 9.19), (37.98, -1.13), (53.35, -6.26), (59.91, 10.75),
+                 (51.51, -0.13), (40.42, -3.70), (64.15, -21.94), (45.81, 15.98), (60.17, 24.94),
+                 (-33.87, 151.21), (43.30, 5.37), (42.36, -71.06), (-37.81, 144.96), (49.82, 18.26),
+                 (38.72, -9.14))
+_NAME_HEADS = ("Ash", "Bel", "Cor", "Dal", "Elm", "Fal", "Gren", "Har", "Ivel", "Kar", "Lor", "Mor")
+_NAME_TAILS = ("ford", "haven", "mere", "stad", "wick", "bury", "vale", "port", "holm", "dale")
+
+#: City style priors mix a Dirichlet draw (small concentration: a few values dominate) with a
+#: uniform floor so that every value stays possible in every city.
+_DIRICHLET_ALPHA = 0.4
+_UNIFORM_MIX = 0.2
+#: Standard deviation (degrees) of place coordinates around their city centre (about 2 km).
+_COORD_SIGMA_DEG = 0.02
+#: Global place id = city_index * PLACE_ID_STRIDE + place_in_city (GSV-Cities convention).
+PLACE_ID_STRIDE = 10**5
+
+
+def seeded_rng(*parts: object) -> random.Random:
+    """A ``random.Random`` seeded from ``parts`` (e.g. ``(seed, "layout", place_id)``), stable across processes."""
+    return random.Random(":".join(str(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class City:
+    index: int
+    name: str
+    lat: float
+    lon: float
+    #: slot -> probabilities over ``SLOTS[slot]`` (same order); the city's style prior.
+    style: dict[str, tuple[float, ...]] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Place:
+    place_id: int
+    city: str
+    city_index: int
+    place_in_city: int
+    lat: float
+    lon: float
+    split: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class World:
+    cities: tuple[City, ...]
+    places: tuple[Place, ...]  # ordered by (city_index, place_in_city)
+
+
+def city_names(num_cities: int) -> list[str]:
+    """The first ``num_cities`` city names: the fixed list, then composed ``Head+tail`` names."""
+    names = list(_CITY_NAMES[:num_cities])
+    composed = (h + t for t in _NAME_TAILS for h in _NAME_HEADS)
+    while len(names) < num_cities:
+        name = next(composed, None)
+        if name is None:
+            raise ValueError(f"num_cities={num_cities} exceeds the {len(names)} available city names")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def max_cities() -> int:
+    return len(_CITY_NAMES) + len(_NAME_HEADS) * len(_NAME_TAILS)
+
+
+def _dirichlet(rng: random.Random, k: int, alpha: float) -> list[float]:
+    draws = [rng.gammavariate(alpha, 1.0) for _ in range(k)]
+    total = sum(draws) or 1.0
+    return [d / total for d in draws]
+
+
+def _make_city(index: int, name: str, seed: int) -> City:
+    rng = seeded_rng(seed, "city", index)
+    if index < len(_CITY_CENTRES):
+        lat, lon = _CITY_CENTRES[index]
+    else:
+        lat, lon = rng.uniform(-55.0, 65.0), rng.uniform(-170.0, 170.0)
+    style: dict[str, tuple[float, ...]] = {}
+    for slot, values in SLOTS.items():
+        k = len(values)
+        if slot in _UNSKEWED:
+            style[slot] = tuple([1.0 / k] * k)
+            continue
+        skew = _dirichlet(rng, k, _DIRICHLET_ALPHA)
+        style[slot] = tuple((1.0 - _UNIFORM_MIX) * p + _UNIFORM_MIX / k for p in skew)
+    return City(index=index, name=name, lat=lat, lon=lon, style=style)
+
+
+def _draw(rng: random.Random, city: City, slot: str, exclude: Sequence[Any] = ()) -> Any:
+    values, weights = SLOTS[slot], city.style[slot]
+    pairs = [(v, w) for v, w in zip(values, weights) if v not in exclude]
+    return rng.choices([v for v, _ in pairs], weights=[w for _, w in pairs])[0]
+
+
+def sample_attributes(rng: random.Random, city: City) -> dict[str, Any]:
+    """One place's slot dict drawn from the city's style prior, with the slot constraints applied."""
+    attrs: dict[str, Any] = {}
+    for slot in SLOTS:
+        parent = DEPENDENT_SLOTS.get(slot)
+        if parent is not None:
+            attrs[slot] = NONE if attrs[parent] == NONE else _draw(rng, city, slot, exclude=(NONE,))
+        elif slot == "balcony" and attrs["floors"] == 1:
+            attrs[slot] = NONE  # a balcony needs an upper floor
+        else:
+            attrs[slot] = _draw(rng, city, slot)
+    return attrs
+
+
+def assign_splits(n: int, fractions: Sequence[float], rng: random.Random) -> list[str]:
+    """Split labels for ``n`` places in a random order, with counts from cumulative rounding."""
+    bounds, acc = [], 0.0
+    for f in fractions:
+        acc += f
+        bounds.append(round(acc * n))
+    bounds[-1] = n
+    order = list(range(n))
+    rng.shuffle(order)
+    labels = [""] * n
+    start = 0
+    for split, end in zip(("train", "val", "test"), bounds):
+        for i in order[start:end]:
+            labels[i] = split
+        start = end
+    return labels
+
+
+def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence[float], seed: int) -> World:
+    """All cities and places, deterministic in the arguments.
+
+    No two places share the full attribute dict: a collision is redrawn from the same place's
+    generator, so the outcome is still a function of the seed alone. The split is by place,
+    stratified per city.
+    """
+    if num_cities < 1 or places_per_city < 1:
+        raise ValueError("num_cities and places_per_city must be >= 1")
+    if places_per_city >= PLACE_ID_STRIDE:
+        raise ValueError(f"places_per_city must be < {PLACE_ID_STRIDE} (global ids are city * {PLACE_ID_STRIDE} + place)")
+    cities = tuple(_make_city(i, name, seed) for i, name in enumerate(city_names(num_cities)))
+    seen: set[str] = set()
+    places: list[Place] = []
+    for city in cities:
+        splits = assign_splits(places_per_city, split_fractions, seeded_rng(seed, "split", city.index))
+        for k in range(places_per_city):
+            place_id = city.index * PLACE_ID_STRIDE + k
+            rng = seeded_rng(seed, "place", place_id)
+            attrs = sample_attributes(rng, city)
+            while (sig := json.dumps(attrs, sort_keys=True)) in seen:
+                attrs = sample_attributes(rng, city)
+            seen.add(sig)
+            lat = max(-90.0, min(90.0, city.lat + rng.gauss(0.0, _COORD_SIGMA_DEG)))
+            lon = (city.lon + rng.gauss(0.0, _COORD_SIGMA_DEG) + 180.0) % 360.0 - 180.0
+            places.append(Place(place_id=place_id, city=city.name, city_index=city.index, place_in_city=k,
+                                lat=round(lat, 6), lon=round(lon, 6), split=splits[k], attributes=attrs))
+    return World(cities=cities, places=tuple(places))
