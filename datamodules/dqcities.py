@@ -19,6 +19,8 @@ from typing import Literal
 
 from lightning.pytorch import LightningDataModule
 
+from dlgpr.data.reader import iter_records
+from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import MANIFEST_NAME, Manifest, read_manifest
 from dlgpr.data.streaming import (
     AugmentConfig,
@@ -149,6 +151,13 @@ class DQCitiesDataModule(LightningDataModule):
     def eval_dataset(self, split: str) -> RecordStream:
         assert self.preprocessing is not None, "call setup() first"
         return RecordStream(self.data_dir, self._shards(split), ImageTransform(self.preprocessing), name=split, seed=self._seed())
+
+    def records(self, split: str) -> list[PlaceRecord]:
+        """Every record of ``split`` in manifest order, without decoding images."""
+        out: list[PlaceRecord] = []
+        for shard in self._shards(split):
+            out += iter_records(self.data_dir / shard.path)
+        return out
 
     def train_dataloader(self) -> EpochLoader:
         return EpochLoader(

@@ -41,3 +41,77 @@ def recall_at_k(ranks: Tensor, ks: Sequence[int]) -> dict[int, float]:
     if ranks.numel() == 0:
         raise ValueError("recall_at_k needs at least one query")
     return {int(k): float((ranks <= k).float().mean()) for k in ks}
+
+
+# ---- dialogue metrics (ranks over rounds 0..T) ---------------------------------------------------
+
+
+def recall_per_round(ranks: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """Recall@K of each round on its own.  ranks: ``[Q, T+1]`` -> ``{K: [T+1]}``."""
+    return {int(k): (ranks <= k).float().mean(dim=0) for k in ks}
+
+
+def cumulative_recall(ranks: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """Cumulative Recall@K up to each round (ChatIR): hit at K in ANY round s <= t.
+
+    ranks: ``[Q, T+1]`` -> ``{K: [T+1]}``.
+    """
+    best = ranks.cummin(dim=1).values  # [Q, T+1]
+    return {int(k): (best <= k).float().mean(dim=0) for k in ks}
+
+
+def bri(ranks: Tensor) -> float:
+    """Best log Rank Integral (PlugIR, log-rank version; lower is better).
+
+    With ``m_t = min_{s<=t} R_s``: ``BRI = 1/T sum_{t=0}^{T-1} mean_q (ln m_t + ln m_{t+1}) / 2``,
+    T = number of question rounds. ranks: ``[Q, T+1]`` 1-based. REFERENCE.md works an example:
+    ranks [8, 4, 6, 1, 1, 1] -> 0.7625.
+    """
+    if ranks.ndim != 2 or ranks.shape[1] < 2:
+        raise ValueError(f"bri needs ranks [Q, T+1] with T >= 1, got {tuple(ranks.shape)}")
+    log_m = ranks.cummin(dim=1).values.double().log()  # [Q, T+1]
+    trapezoids = (log_m[:, :-1] + log_m[:, 1:]) / 2  # [Q, T]
+    return float(trapezoids.mean(dim=0).mean())
+
+
+def discounted_gain(positive_ranks: Tensor) -> Tensor:
+    """``G = sum_j 1 / log2(r_j + 1)`` over the positives' 1-based ranks; 0 entries are padding.
+
+    positive_ranks: ``[..., P]`` -> ``[...]``.
+    """
+    r = positive_ranks.double()
+    gains = torch.where(r > 0, 1.0 / torch.log2(r.clamp(min=1) + 1), torch.zeros_like(r))  # [..., P]
+    return gains.sum(dim=-1)
+
+
+def ideal_gain(num_positives: Tensor, max_positives: int | None = None) -> Tensor:
+    """``G* = sum_{k=1}^{|P|} 1 / log2(k + 1)``: every positive ranked on top.  [Q] -> [Q]"""
+    p = int(max_positives if max_positives is not None else int(num_positives.max()) if num_positives.numel() else 0)
+    k = torch.arange(1, p + 1, dtype=torch.float64)  # [P]
+    c = 1.0 / torch.log2(k + 1)  # [P]
+    mask = k[None, :] <= num_positives.double()[:, None]  # [Q, P]
+    return (c[None, :] * mask).sum(dim=1)
+
+
+def prg(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, num_positives: Tensor, clamp: bool = False) -> Tensor:
+    """Positional retrieval gain of one round (DlgPR): ``(G_i - G_{i-1}) / (G* - G_{i-1})``.
+
+    Args:
+        prev_positive_ranks: ``[Q, P]`` ranks of the positives before the round (0 = padding).
+        new_positive_ranks: ``[Q, P]`` after the round.
+        num_positives: ``[Q]`` |P| per query.
+        clamp: clamp to [-1, 1] (as when PRG is a reward).
+
+    Returns:
+        ``[Q]`` float64. When the ranking was already ideal (``G* - G_{i-1} < 1e-9``, REFERENCE.md
+        **choice**): 0 if unchanged, else ``(G_i - G_{i-1}) / G*``. Negative when the round hurt.
+    """
+    g_prev = discounted_gain(prev_positive_ranks)  # [Q]
+    g_new = discounted_gain(new_positive_ranks)  # [Q]
+    g_star = ideal_gain(num_positives, prev_positive_ranks.shape[-1])  # [Q]
+    room = g_star - g_prev  # [Q]
+    delta = g_new - g_prev  # [Q]
+    saturated = room < 1e-9
+    out = torch.where(saturated, delta / g_star.clamp(min=1e-12), delta / torch.where(saturated, torch.ones_like(room), room))
+    out = torch.where(saturated & (delta.abs() < 1e-12), torch.zeros_like(out), out)
+    return out.clamp(-1.0, 1.0) if clamp else out

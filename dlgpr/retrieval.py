@@ -1,6 +1,11 @@
-"""Text-to-image place retrieval: search a gallery and turn the lists into ranks."""
+"""Text-to-image place retrieval: ranks from a gallery search, the retriever interface of the
+dialogue loop, and loading a trained retriever from its checkpoint."""
 
 from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -8,7 +13,7 @@ from torch import Tensor
 from dlgpr.metrics import first_positive_rank
 from dlgpr.search import Backend, topk_search
 
-__all__ = ["rank_of_place", "unique_rows"]
+__all__ = ["rank_of_place", "unique_rows", "TextRetriever", "ModuleTextRetriever", "load_retriever"]
 
 
 def rank_of_place(
@@ -45,3 +50,71 @@ def unique_rows(*ids: Tensor) -> Tensor:
     first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long) if key.numel() else torch.zeros(0, dtype=torch.long)
     first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0]), reduce="amin")  # [U]
     return first.sort().values
+
+
+# ---- retrievers as the dialogue loop sees them ----------------------------------------------------
+
+
+@runtime_checkable
+class TextRetriever(Protocol):
+    """What the dialogue loop needs from a retriever: normalised text embeddings, batched."""
+
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        """``len(texts)`` strings -> ``[N, D]`` L2-normalised embeddings."""
+        ...
+
+
+class ModuleTextRetriever:
+    """Adapts a trained LightningModule (``preprocessing().tokenizer`` + ``encode_texts``).
+
+    Texts are tokenized and encoded in chunks of ``batch_size`` under ``inference_mode``, on the
+    module's device; long queries are truncated by the module's tokenizer.
+    """
+
+    def __init__(self, module: Any, batch_size: int = 256) -> None:
+        self.module = module
+        self.tokenizer = module.preprocessing().tokenizer
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = [self.module.encode_texts(self.tokenizer(texts[i : i + self.batch_size]).to(device)).float() for i in range(0, len(texts), self.batch_size)]
+        self.module.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, getattr(self.module, "embed_dim", 0))  # [N, D]
+
+    @torch.inference_mode()
+    def embed_images(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` preprocessed images -> ``[B, D]`` normalised embeddings."""
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = self.module.encode_images(images.to(device)).float()
+        self.module.train(was_training)
+        return out
+
+
+CLASS_PATH_KEY = "dlgpr_class_path"
+
+
+def load_retriever(ckpt: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a retriever LightningModule saved by ``python -m dlgpr fit`` for inference.
+
+    The module class is read from the checkpoint (modules record their import path under
+    ``dlgpr_class_path``), so any retriever of the project loads through this one function.
+    Returns the module in eval mode; wrap it in :class:`ModuleTextRetriever` for the dialogue loop.
+    """
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
+    class_path = meta.get(CLASS_PATH_KEY)
+    if not class_path:
+        raise ValueError(f"{ckpt}: no {CLASS_PATH_KEY} entry; it was not saved by a dlgpr retriever module")
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    model = cls.load_from_checkpoint(ckpt, map_location=map_location)
+    model.eval()
+    return model

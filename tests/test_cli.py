@@ -81,6 +81,9 @@ def test_fit_changes_parameters_saves_and_resumes(monkeypatch, tmp_path):
     assert any(log_dir.glob("events.out.tfevents.*"))  # TensorBoard by default
     lines = (log_dir / "retrieval_val.jsonl").read_text().splitlines()
     assert 0.0 <= json.loads(lines[-1])["val/recall@1"] <= 1.0
+    dialogue = json.loads((log_dir / "dialogue_val.jsonl").read_text().splitlines()[-1])
+    cumulative = [dialogue[f"round{t}/recall@1"] for t in range(6)]
+    assert cumulative == sorted(cumulative) and dialogue["bri"] >= 0.0  # cumulative recall never drops
 
     # resume: the step counter and the weights continue from the checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -98,7 +101,7 @@ def test_validate_and_test_report_recall(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     make_tiny_dataset(tmp_path / "d")
     cli = main(["validate", *tiny_args(tmp_path / "d")])
-    assert set(cli.trainer.callback_metrics) >= {"val/recall@1", "val/recall@5", "val/recall@10"}
+    assert set(cli.trainer.callback_metrics) >= {"val/recall@1", "val/recall@5", "val/recall@10", "dialogue/round5/recall@1", "dialogue/bri"}
     cli = main(["test", *tiny_args(tmp_path / "d")])
     r1, r10 = float(cli.trainer.callback_metrics["test/recall@1"]), float(cli.trainer.callback_metrics["test/recall@10"])
     assert 0.0 <= r1 <= r10 <= 1.0
@@ -129,3 +132,19 @@ def test_ddp_two_cpu_processes_fit_and_match_single_process_eval(tmp_path):
     assert r1["queries"] == r2["queries"] == 2 * 6 * 2  # every val description once, none lost or doubled
     for k in ("val/recall@1", "val/recall@5", "val/recall@10"):
         assert r1[k] == pytest.approx(r2[k], abs=1e-6)
+    d1 = _last_json(tmp_path / "lightning_logs" / "one" / "dialogue_val.jsonl")
+    d2 = _last_json(tmp_path / "lightning_logs" / "two" / "dialogue_val.jsonl")
+    for k in ("round0/recall@1", "round5/recall@1", "round5/recall@5", "bri"):
+        assert d1[k] == pytest.approx(d2[k], abs=1e-6)
+
+
+def test_predict_embeds_every_sample_of_the_split(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    manifest = make_tiny_dataset(tmp_path / "d")
+    cli = main(tiny_args(tmp_path / "d"), run=False)
+    predictions = cli.trainer.predict(cli.model, cli.datamodule)
+    keys = [k for p in predictions for k in p["key"]]
+    assert len(keys) == len(set(keys)) == manifest.counts()["test"]["samples"]
+    emb = torch.cat([p["image_emb"] for p in predictions])
+    assert emb.shape == (len(keys), cli.model.embed_dim)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(len(keys)), atol=1e-5)

@@ -125,3 +125,21 @@ def iter_shard(path: str | os.PathLike, bad: BadSampleLog, expected_samples: int
         bad.add(shard, "truncated_tar")
     for exc in errors:
         log.debug("%s: %s", shard, exc)
+
+
+def iter_records(path: str | os.PathLike, bad: BadSampleLog | None = None) -> Iterator[PlaceRecord]:
+    """The records of one shard without decoding images (json members only)."""
+    bad = bad if bad is not None else BadSampleLog()
+    shard = Path(path).name
+
+    def handler(exc: Exception) -> bool:
+        log.debug("%s: %s", shard, exc)
+        return True
+
+    with open(path, "rb") as stream:
+        files = tariterators.tar_file_expander([{"url": str(path), "stream": stream}], handler=handler, select_files=lambda n: n.endswith(".json"))
+        for raw in tariterators.group_by_keys(files, handler=handler):
+            try:
+                yield PlaceRecord.from_json(raw["json"])
+            except (KeyError, RecordError):
+                bad.add(shard, "bad_json")

@@ -12,6 +12,7 @@ from torch import Tensor
 from dlgpr.data.streaming import Preprocessing
 from dlgpr.losses import sdm_loss
 from dlgpr.models.clip_backbone import CLIPBackbone, ClipBackboneConfig
+from dlgpr.retrieval import CLASS_PATH_KEY
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 
 
@@ -96,6 +97,10 @@ class CLIPBaselineModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {**self._embed_batch(batch), "key": batch["key"]}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # lets dlgpr.retrieval.load_retriever find the class without being told
+        checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def configure_optimizers(self) -> Any:
         groups = param_groups(list(self.named_parameters()), self.lr, self.optim.weight_decay)
