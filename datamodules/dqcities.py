@@ -53,6 +53,8 @@ class DQCitiesDataModule(LightningDataModule):
         eval_batch_size: images per validation/test/predict batch.
         num_workers: loader worker processes per rank.
         shuffle_buffer: places held by each training worker's shuffle buffer.
+        shard_interleave: shards each training worker reads round-robin (mixes shards written
+            in some order, e.g. a city at a time, before they reach the buffer).
         augment: training-time image augmentation.
         predict_split: split streamed by ``predict``.
         seed: data order seed; ``None`` follows the run's ``seed_everything``.
@@ -67,6 +69,7 @@ class DQCitiesDataModule(LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 2,
         shuffle_buffer: int = 256,
+        shard_interleave: int = 4,
         augment: AugmentConfig = AugmentConfig(),
         predict_split: Split = "test",
         seed: int | None = None,
@@ -83,6 +86,7 @@ class DQCitiesDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
+        self.shard_interleave = shard_interleave
         self.augment = augment
         self.predict_split = predict_split
         self.seed = seed
@@ -127,6 +131,9 @@ class DQCitiesDataModule(LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def shards(self, split: str):
+        return self._shards(split)
+
     def _shards(self, split: str):
         assert self.manifest is not None, "call setup() first"
         shards = self.manifest.split_shards(split)
@@ -143,6 +150,7 @@ class DQCitiesDataModule(LightningDataModule):
             places_per_batch=self.places_per_batch,
             views_per_place=self.views_per_place,
             shuffle_buffer=self.shuffle_buffer,
+            shard_interleave=self.shard_interleave,
             num_workers=self.num_workers,
             tokenizer=self.preprocessing.tokenizer,
             seed=self._seed(),
@@ -167,6 +175,10 @@ class DQCitiesDataModule(LightningDataModule):
             persistent_workers=False,  # workers re-read the epoch's plan at each epoch
             epoch_fn=self._epoch,
         )
+
+    def eval_dataloader(self, split: str) -> EpochLoader:
+        """Every image of ``split`` once (what val/test/predict loaders are made of)."""
+        return self._eval_loader(split)
 
     def _eval_loader(self, split: str) -> EpochLoader:
         assert self.preprocessing is not None

@@ -226,8 +226,12 @@ class PlaceBatchStream(_ShardStream):
         tokenizer: Tokenizer | None = None,
         name: str = "train",
         seed: int = 0,
+        shard_interleave: int = 4,
     ) -> None:
         super().__init__(data_dir, shards, transform, name, seed)
+        if shard_interleave < 1:
+            raise ValueError("shard_interleave must be >= 1")
+        self.shard_interleave = shard_interleave
         if places_per_batch < 1 or views_per_place < 1:
             raise ValueError("places_per_batch and views_per_place must be >= 1")
         self.places_per_batch = places_per_batch
@@ -269,19 +273,35 @@ class PlaceBatchStream(_ShardStream):
         return sum(quotas[rank])
 
     # ---- iteration -----------------------------------------------------------------------------
+    def _shard_units(self, shard: ShardInfo, bad: BadSampleLog) -> Iterator[_PlaceUnit]:
+        unit: _PlaceUnit | None = None
+        for sample in self._read(shard, bad):
+            if unit is None or sample.record.place_id != unit.place_id:
+                if unit is not None:
+                    yield unit
+                unit = _PlaceUnit(sample.record.place_id)
+            unit.samples.append(sample)
+        if unit is not None:
+            yield unit
+
     def _units(self, shards: list[ShardInfo], rng: random.Random, bad: BadSampleLog) -> Iterator[_PlaceUnit]:
-        order = list(shards)
-        rng.shuffle(order)
-        for shard in order:
-            unit: _PlaceUnit | None = None
-            for sample in self._read(shard, bad):
-                if unit is None or sample.record.place_id != unit.place_id:
-                    if unit is not None:
-                        yield unit
-                    unit = _PlaceUnit(sample.record.place_id)
-                unit.samples.append(sample)
-            if unit is not None:
-                yield unit
+        """Places of ``shards`` (in a shuffled order), ``shard_interleave`` shards read round-robin.
+
+        Interleaving mixes shards that were written in some order (a city at a time, say) before
+        the places even reach the shuffle buffer.
+        """
+        pending = list(shards)
+        rng.shuffle(pending)
+        open_: list[Iterator[_PlaceUnit]] = []
+        while pending or open_:
+            while pending and len(open_) < self.shard_interleave:
+                open_.append(self._shard_units(pending.pop(0), bad))
+            for it in list(open_):
+                unit = next(it, None)
+                if unit is None:
+                    open_.remove(it)
+                else:
+                    yield unit
 
     def _batch(self, units: list[_PlaceUnit], rng: random.Random) -> dict[str, Any]:
         items: list[dict[str, Any]] = []

@@ -146,6 +146,10 @@ class FakeOpenAIServer:
             with self._lock:
                 question = next(self._questions)
             return f"<think>The candidates differ in their visible features; ask about one.</think><question>{question}</question>"
+        if system.startswith("You ") and "PlugIR" not in system:
+            plugir = plugir_reply(system, user)
+            if plugir is not None:
+                return plugir
         return answer_from_description(user)
 
     def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
@@ -227,6 +231,21 @@ class FakeOpenAIServer:
                 self.wfile.write(data)
 
         return Handler
+
+
+def plugir_reply(system: str, user: str) -> str | None:
+    """Rule-based replies to the PlugIR language-model steps (dlgpr.dialogue.plugir_llm)."""
+    if system.startswith("You summarise"):
+        return "They share a facade; they differ in their doors."
+    if system.startswith("You propose"):
+        return "1. What colour is the door?\n2. Is there a phone booth next to the door?\n3. What is the house number?"
+    if system.startswith("You check"):
+        return "yes" if "house number" in user.lower() else "no"
+    if system.startswith("You imagine"):
+        return "The door is red." if "door" in user.lower() else "I don't know."
+    if system.startswith("You rewrite"):
+        return "A rewritten description: " + " ".join(re.findall(r"A: (.*)", user))
+    return None
 
 
 def answer_from_description(user_text: str) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import openai._base_client
 import pytest
+import torch
 from openai_server import Fault, FakeOpenAIServer, message_text  # tests/dialogue is on sys.path (prepend import mode)
 from PIL import Image
 
@@ -205,3 +206,32 @@ def test_candidate_images_are_sent_as_data_urls(fake_openai):
     assert len(images) == 2
     assert all(p["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/") for p in images)  # JPEG magic, base64
     assert "Candidate place" not in message_text(user)  # images replace the descriptions
+
+
+def test_plugir_with_a_chat_model_over_the_api(fake_openai):
+    """PlugIR's language-model steps through the OpenAI-compatible client, in a real dialogue."""
+    from lexical import LexicalRetriever
+
+    from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
+    from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
+    from dlgpr.dialogue.plugir_llm import ChatPlugIRModel
+    from dlgpr.dialogue.questioners import PlugIRQuestioner
+    from dlgpr.dialogue.types import Answer
+
+    client = ChatClient(ChatAPIConfig(base_url=fake_openai.base_url, model="fake", timeout_s=2.0, max_retries=0))
+    lm = ChatPlugIRModel(lambda messages: client.complete(messages).text)
+    retriever = LexicalRetriever()
+    descs = ["A red door and a blue facade.", "A green door and a blue facade.", "A red door and a yellow facade.", "A black door and a white facade."]
+    gallery = Gallery(retriever.embed_texts(descs), torch.tensor([0, 1, 2, 3]), [f"k{i}" for i in range(4)], descs, [{}] * 4)
+    queries = [DialogueQuery(0, "A blue facade.", Target(0, descs[0]))]
+
+    class User:
+        def answer(self, requests):
+            return [Answer("The door is red.") for _ in requests]
+
+    res = run_dialogue(retriever, PlugIRQuestioner(retriever, lm=lm), User(), queries, gallery, rounds=2, top_k=4)
+    asked = [t.question for t in res.turns[0]]
+    assert asked[0] in ("What colour is the door?", "Is there a phone booth next to the door?")
+    assert "What is the house number?" not in asked  # the LM said it is already answered
+    assert res.ranks[0, -1] == 1
+    assert lm.failures == 0
