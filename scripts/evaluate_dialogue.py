@@ -24,7 +24,7 @@ from jsonargparse import auto_cli
 from PIL import Image
 
 from datamodules.dqcities import DQCitiesDataModule
-from dlgpr.dialogue.answerers import OracleAnswerer
+from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
 from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, table_markdown
 from dlgpr.dialogue.loop import Gallery, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
@@ -63,6 +63,7 @@ def evaluate(
     report_rounds: list[int] = [3, 5],  # noqa: B006 (jsonargparse reads the default)
     out_dir: str = "runs/dialogue_eval",
     with_images: bool = False,
+    noise_rates: list[float] | None = None,
     eval_batch_size: int = 256,
     num_workers: int = 2,
     seed: int = 0,
@@ -78,6 +79,9 @@ def evaluate(
         report_rounds: rounds reported in the table besides round 0.
         out_dir: where table.md, results.json and recall.png go.
         with_images: keep gallery images for vision-language questioners.
+        noise_rates: if set, also run the first questioner against a ``NoisyAnswerer`` around
+            ``answerer`` at each total error rate (split equally between vague, wrong and "I
+            don't remember" answers) and write ``noise.md`` and ``noise.png``.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = load_retriever(ckpt, map_location=device)
@@ -112,6 +116,22 @@ def evaluate(
     recall_figure(results).savefig(out / "recall.png")
     print(table)
     print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'recall.png'}")
+    if noise_rates:
+        first = questioners[0]
+        noisy = {}
+        for rate in noise_rates:
+            user = NoisyAnswerer(answerer, NoiseConfig.uniform(rate, seed=seed))
+            noisy[f"{first.name}, error rate {rate:.2f}"] = run_dialogue(retriever, first.questioner, user, queries, gallery, rounds=rounds, top_k=first.top_k)
+        lines = ["| user error rate | R@1 round 0 | R@1 round 5 | gain | R@5 round 5 | BRI |", "|---|---|---|---|---|---|"]
+        for rate, res in zip(noise_rates, noisy.values()):
+            sm = res.summary()
+            lines.append(f"| {rate:.2f} | {100 * sm['round0/recall@1']:.1f} | {100 * sm[f'round{rounds}/recall@1']:.1f} | "
+                         f"{100 * (sm[f'round{rounds}/recall@1'] - sm['round0/recall@1']):+.1f} | {100 * sm[f'round{rounds}/recall@5']:.1f} | {sm['bri']:.3f} |")
+        (out / "noise.md").write_text("\n".join(lines) + "\n")
+        recall_figure(noisy).savefig(out / "noise.png")
+        payload["noise"] = {name: r.summary() for name, r in noisy.items()}
+        (out / "results.json").write_text(json.dumps(payload, indent=1))
+        print("\n".join(lines))
     return {name: r.summary() for name, r in results.items()}
 
 

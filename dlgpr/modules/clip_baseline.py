@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,7 +28,10 @@ class CLIPBaselineModule(LightningModule):
         backbone: which CLIP and weights.
         lr: peak learning rate.
         optim: AdamW and schedule settings.
-        logit_scale: SDM's fixed similarity scale (IRRA uses 1/0.02 = 50).
+        logit_scale: SDM's similarity scale (IRRA fixes 1/0.02 = 50 to fine-tune a pretrained
+            CLIP). A CLIP trained from scratch stays collapsed under 50 (all cosines alike); it
+            learns from CLIP's own 1/0.07 with a learnable scale.
+        learnable_logit_scale: learn the scale (as its log, clamped to at most 100, like CLIP).
         gather_across_ranks: compute SDM on the global batch under DDP.
     """
 
@@ -37,6 +41,7 @@ class CLIPBaselineModule(LightningModule):
         lr: float = 5e-4,
         optim: OptimConfig = OptimConfig(),
         logit_scale: float = 50.0,
+        learnable_logit_scale: bool = False,
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__()
@@ -49,8 +54,16 @@ class CLIPBaselineModule(LightningModule):
         self.embed_dim = self.backbone.embed_dim
         self.lr = lr
         self.optim = optim
-        self.logit_scale = logit_scale
+        log_scale = torch.tensor(float(logit_scale)).log()
+        if learnable_logit_scale:
+            self.log_logit_scale = torch.nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
         self.gather_across_ranks = gather_across_ranks
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
 
     # ---- what the data side needs ----------------------------------------------------------------
     def preprocessing(self) -> Preprocessing:
@@ -79,6 +92,7 @@ class CLIPBaselineModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/loss_gs", loss.detach(), batch_size=n)
         self.log_dict({f"train/sdm_{k}": v for k, v in stats.items()}, batch_size=n)
+        self.log("train/logit_scale", self.logit_scale.detach(), batch_size=n)
         return loss
 
     def _embed_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:
