@@ -14,6 +14,8 @@ from dlgpr.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+TRAIN_CONFIGS = [c for c in CONFIGS if c.parent == ROOT / "configs"]
+EVAL_CONFIGS = [c for c in CONFIGS if c.parent.name == "eval"]
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +42,24 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
+def test_configs_are_all_covered():
+    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) == set(CONFIGS) and TRAIN_CONFIGS and EVAL_CONFIGS
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS])
 def test_every_config_parses(config, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:  # --print_config parses, validates and exits 0
         main(["fit", "--config", str(config), "--print_config"])
     assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("config", EVAL_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in EVAL_CONFIGS])
+def test_every_eval_config_parses(config):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_dialogue.py"), "--config", str(config), "--ckpt", "x.ckpt", "--print_config"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OracleTeacherQuestioner" in out.stdout
 
 
 def test_embedded_configs_instantiate(monkeypatch, tmp_path):
@@ -148,3 +162,32 @@ def test_predict_embeds_every_sample_of_the_split(monkeypatch, tmp_path):
     emb = torch.cat([p["image_emb"] for p in predictions])
     assert emb.shape == (len(keys), cli.model.embed_dim)
     assert torch.allclose(emb.norm(dim=1), torch.ones(len(keys)), atol=1e-5)
+
+
+def test_evaluate_dialogue_script_on_a_fitted_checkpoint(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d"
+    make_tiny_dataset(data)
+    cli = main(tiny_args(data, "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "1"), run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+
+    spec = importlib.util.spec_from_file_location("evaluate_dialogue", ROOT / "scripts" / "evaluate_dialogue.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "evaluate_dialogue", script)  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner
+
+    entries = [script.QuestionerEntry("Random", RandomQuestioner()), script.QuestionerEntry("PlugIR", PlugIRQuestioner()),
+               script.QuestionerEntry("Teacher", OracleTeacherQuestioner(), top_k=20)]
+    out = tmp_path / "eval"
+    summaries = script.evaluate(ckpt, entries, data_dir=str(data), split="test", rounds=3, report_rounds=[3], out_dir=str(out),
+                                num_workers=0, noise_rates=[0.0, 0.5], with_images=True)
+    assert set(summaries) == {"Random", "PlugIR", "Teacher"}
+    table = (out / "table.md").read_text().splitlines()
+    assert table[2].startswith("| Initial | 0 |") and len(table) == 3 + 3  # header, rule, Initial, one row per questioner
+    results = json.loads((out / "results.json").read_text())
+    assert results["queries"] == 8 and len(results["results"]["Teacher"]["queries"]) == 8  # one query per test place
+    assert (out / "recall.png").stat().st_size > 0 and (out / "noise.md").is_file()
