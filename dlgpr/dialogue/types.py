@@ -125,3 +125,18 @@ def parse_question(raw: str) -> Question:
 
 def format_question(think: str, question: str) -> str:
     return f"<think>{think}</think><question>{question}</question>"
+
+
+_FIRST_QUESTION = re.compile(r"([^.!?\n<>]*\?)")
+
+
+def extract_question(raw: str) -> Question:
+    """Lenient parse for zero-shot models: the strict format if present, else the first
+    sentence that ends in "?" (``ok=False`` when there is none)."""
+    strict = parse_question(raw)
+    if strict.ok:
+        return strict
+    m = _FIRST_QUESTION.search(re.sub(r"<think>.*?</think>", " ", raw or "", flags=re.DOTALL))
+    if m is None or len(m.group(1).split()) < 2:
+        return strict
+    return Question(text=" ".join(m.group(1).split()).lstrip("-*0123456789. )"), raw=raw or "", error="lenient_format")

@@ -191,3 +191,14 @@ def test_oracle_answerer_and_noise():
     assert abs(sum(1 for a in out if a.text == "The door is red.") / 600 - 0.6) < 0.06
     with pytest.raises(ValueError):
         NoiseConfig(vague_rate=0.6, wrong_rate=0.6)
+
+
+def test_extract_question_is_lenient_but_strict_first():
+    from dlgpr.dialogue.types import extract_question
+
+    strict = extract_question("<think>a</think><question>What colour is the door?</question>")
+    assert strict.ok and strict.text == "What colour is the door?" and strict.think == "a"
+    loose = extract_question("Sure! Here is my question:\n1. What colour is the door? It helps.")
+    assert loose.ok and loose.text == "What colour is the door?" and loose.error == "lenient_format"
+    assert not extract_question("No question here.").ok
+    assert not parse_question("1. What colour is the door?").ok  # the strict parser stays strict
