@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.gather import gather_rows
+from callbacks.gather import RowCollector
 from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.evaluation import bind_retriever, build_queries, recall_figure
 from dlgpr.dialogue.loop import Gallery, run_dialogue
@@ -70,7 +70,7 @@ class DialogueEvalCallback(Callback):
         self.ks = sorted(ks or [1, 5])
         self.num_transcripts = num_transcripts
         self.seed = seed
-        self._rows: dict[str, list[torch.Tensor]] = {f: [] for f in _FIELDS}
+        self._collector = RowCollector(_FIELDS)
         self._records: dict[tuple[int, int], Any] | None = None
         self.last_summary: dict[str, Any] = {}
 
@@ -78,25 +78,16 @@ class DialogueEvalCallback(Callback):
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rows = {f: [] for f in _FIELDS}
+        self._collector.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
         if self._due(trainer):
-            for f in _FIELDS:
-                self._rows[f].append(outputs[f].detach().float() if f == "image_emb" else outputs[f].detach().long())
-
-    def _local(self, field: str, pl_module: LightningModule) -> torch.Tensor:
-        if self._rows[field]:
-            return torch.cat(self._rows[field]).to(pl_module.device)
-        if field == "image_emb":
-            return torch.zeros(0, int(getattr(pl_module, "embed_dim")), device=pl_module.device)
-        return torch.zeros(0, dtype=torch.long, device=pl_module.device)
+            self._collector.add(outputs)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):
             return
-        rows = {f: gather_rows(trainer, self._local(f, pl_module)).cpu() for f in _FIELDS}
-        self._rows = {f: [] for f in _FIELDS}
+        rows = self._collector.gather(trainer, pl_module)
         summary: dict[str, Any] | None = None
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if trainer.is_global_zero:

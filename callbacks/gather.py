@@ -22,3 +22,40 @@ def gather_rows(trainer: Trainer, x: Tensor) -> Tensor:
         x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
     gathered = strategy.all_gather(x)  # [W, max N, ...]
     return torch.cat([gathered[r, :c] for r, c in enumerate(counts)])
+
+
+class RowCollector:
+    """Collects named per-sample rows from eval-step outputs and gathers them across ranks.
+
+    Fields ending in ``_emb`` are float ``[N, D]`` embeddings, the others int64 ``[N]`` ids. A rank
+    that saw no sample still takes part in the gather, with zero rows of width
+    ``pl_module.embed_dim``.
+    """
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        self.reset()
+
+    def reset(self) -> None:
+        self._rows: dict[str, list[Tensor]] = {f: [] for f in self.fields}
+
+    def add(self, outputs: object) -> None:
+        if not isinstance(outputs, dict) or not all(f in outputs for f in self.fields):
+            raise TypeError(f"the eval step must return a dict with {self.fields}")
+        for f in self.fields:
+            x = outputs[f].detach()
+            self._rows[f].append(x.float() if f.endswith("_emb") else x.long())
+
+    def _local(self, field: str, pl_module: object) -> Tensor:
+        device = pl_module.device  # type: ignore[attr-defined]
+        if self._rows[field]:
+            return torch.cat(self._rows[field]).to(device)
+        if field.endswith("_emb"):
+            return torch.zeros(0, int(getattr(pl_module, "embed_dim")), device=device)
+        return torch.zeros(0, dtype=torch.long, device=device)
+
+    def gather(self, trainer: Trainer, pl_module: object) -> dict[str, Tensor]:
+        """All ranks' rows (on CPU, rank order), and a reset for the next evaluation."""
+        rows = {f: gather_rows(trainer, self._local(f, pl_module)).cpu() for f in self.fields}
+        self.reset()
+        return rows

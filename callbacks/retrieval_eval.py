@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.gather import gather_rows
+from callbacks.gather import RowCollector
 from dlgpr.metrics import recall_at_k
 from dlgpr.retrieval import rank_of_place, unique_rows
 from dlgpr.search import Backend
@@ -36,18 +35,15 @@ class RetrievalEvalCallback(Callback):
         if self.ks[0] < 1:
             raise ValueError(f"ks must be >= 1, got {self.ks}")
         self.backend = backend
-        self._rows: dict[str, list[torch.Tensor]] = {}
+        self._collector = RowCollector(_FIELDS)
         self.last_results: dict[str, float] = {}
 
     # ---- collection -----------------------------------------------------------------------------
     def _reset(self) -> None:
-        self._rows = {f: [] for f in _FIELDS}
+        self._collector.reset()
 
     def _collect(self, outputs: Any) -> None:
-        if not isinstance(outputs, dict) or not all(f in outputs for f in _FIELDS):
-            raise TypeError(f"RetrievalEvalCallback needs the eval step to return a dict with {_FIELDS}")
-        for f in _FIELDS:
-            self._rows[f].append(outputs[f].detach())
+        self._collector.add(outputs)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._reset()
@@ -69,20 +65,8 @@ class RetrievalEvalCallback(Callback):
         self._evaluate(trainer, pl_module, "test")
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def _local(self, field: str, pl_module: LightningModule) -> torch.Tensor:
-        parts = self._rows.get(field, [])
-        if parts:
-            x = torch.cat(parts)
-            return (x.float() if field.endswith("_emb") else x.long()).to(pl_module.device)
-        # this rank saw no sample: it still takes part in the gather, with zero rows
-        if field.endswith("_emb"):
-            return torch.zeros(0, int(getattr(pl_module, "embed_dim")), device=pl_module.device)
-        return torch.zeros(0, dtype=torch.long, device=pl_module.device)
-
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
-        local = {f: self._local(f, pl_module) for f in _FIELDS}
-        rows = {f: gather_rows(trainer, local[f]).cpu() for f in _FIELDS}
-        self._reset()
+        rows = self._collector.gather(trainer, pl_module)
         if rows["place_id"].numel() == 0:
             rank_zero_info(f"[{prefix}] retrieval eval: no samples")
             return

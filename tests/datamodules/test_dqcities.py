@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from conftest import make_tiny_dataset
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.shards import read_manifest
-from dlgpr.data.streaming import ImageTransform, PlaceBatchStream, Preprocessing, RecordCollator, RecordStream
+from dlgpr.data.streaming import ImageTransform, Preprocessing, RecordCollator
 
 
 def char_tokenizer(texts):

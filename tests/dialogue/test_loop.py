@@ -12,7 +12,7 @@ from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer 
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, run_dialogue  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner  # noqa: E402
 from dlgpr.dialogue.slots import answer_sentence  # noqa: E402
-from dlgpr.dialogue.types import Answer, Question, Target, Turn, format_question, parse_question  # noqa: E402
+from dlgpr.dialogue.types import Answer, Question, Target, format_question, parse_question  # noqa: E402
 
 
 def attribute_text(attrs):
