@@ -64,6 +64,7 @@ def evaluate(
     out_dir: str = "runs/dialogue_eval",
     with_images: bool = False,
     noise_rates: list[float] | None = None,
+    noise_questioner: str | None = None,
     eval_batch_size: int = 256,
     num_workers: int = 2,
     seed: int = 0,
@@ -79,9 +80,10 @@ def evaluate(
         report_rounds: rounds reported in the table besides round 0.
         out_dir: where table.md, results.json and recall.png go.
         with_images: keep gallery images for vision-language questioners.
-        noise_rates: if set, also run the first questioner against a ``NoisyAnswerer`` around
+        noise_rates: if set, also run ``noise_questioner`` against a ``NoisyAnswerer`` around
             ``answerer`` at each total error rate (split equally between vague, wrong and "I
             don't remember" answers) and write ``noise.md`` and ``noise.png``.
+        noise_questioner: name of the questioner entry for the noise sweep (default: the first).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = load_retriever(ckpt, map_location=device)
@@ -117,16 +119,21 @@ def evaluate(
     print(table)
     print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'recall.png'}")
     if noise_rates:
-        first = questioners[0]
+        first = next((e for e in questioners if e.name == noise_questioner), None) if noise_questioner else questioners[0]
+        if first is None:
+            raise ValueError(f"noise_questioner {noise_questioner!r} is not one of {[e.name for e in questioners]}")
         noisy = {}
         for rate in noise_rates:
             user = NoisyAnswerer(answerer, NoiseConfig.uniform(rate, seed=seed))
             noisy[f"{first.name}, error rate {rate:.2f}"] = run_dialogue(retriever, first.questioner, user, queries, gallery, rounds=rounds, top_k=first.top_k)
-        lines = ["| user error rate | R@1 round 0 | R@1 round 5 | gain | R@5 round 5 | BRI |", "|---|---|---|---|---|---|"]
+        lines = [f"Questioner: {first.name}. R@K cumulative; 'this round' counts round {rounds} alone.", "",
+                 f"| user error rate | R@1 round 0 | R@1 round {rounds} | gain | R@1 round {rounds} this round | R@5 round {rounds} | BRI |",
+                 "|---|---|---|---|---|---|---|"]
         for rate, res in zip(noise_rates, noisy.values()):
             sm = res.summary()
             lines.append(f"| {rate:.2f} | {100 * sm['round0/recall@1']:.1f} | {100 * sm[f'round{rounds}/recall@1']:.1f} | "
-                         f"{100 * (sm[f'round{rounds}/recall@1'] - sm['round0/recall@1']):+.1f} | {100 * sm[f'round{rounds}/recall@5']:.1f} | {sm['bri']:.3f} |")
+                         f"{100 * (sm[f'round{rounds}/recall@1'] - sm['round0/recall@1']):+.1f} | {100 * sm[f'round{rounds}/recall@1_this_round']:.1f} | "
+                         f"{100 * sm[f'round{rounds}/recall@5']:.1f} | {sm['bri']:.3f} |")
         (out / "noise.md").write_text("\n".join(lines) + "\n")
         recall_figure(noisy).savefig(out / "noise.png")
         payload["noise"] = {name: r.summary() for name, r in noisy.items()}

@@ -184,6 +184,39 @@ def _positive_ranks(idx: Tensor, scores: Tensor, labels: Tensor, gallery: Galler
     return best, r
 
 
+def _exact_search(
+    emb: Tensor, gallery_emb: Tensor, labels: Tensor, gallery: Gallery, max_pos: int, k: int, chunk: int = 1024
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-``k`` candidates and exact positive ranks over the whole gallery, chunked over queries.
+
+    Ranks count the images scored higher than each positive (``1 + #{s > s_pos + TIE_EPS}``), the
+    same tie rule as :func:`_positive_ranks`, without sorting the gallery.
+    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, max_pos]``.
+    """
+    pos_index = torch.full((len(labels), max_pos), -1, dtype=torch.long)  # [Q, P] gallery rows of each target
+    by_place: dict[int, Tensor] = {}
+    for i, p in enumerate(labels.tolist()):
+        rows = by_place.setdefault(p, (gallery.place_ids == p).nonzero().flatten())
+        pos_index[i, : len(rows)] = rows[:max_pos]
+    out_s, out_i, out_r = [], [], []
+    for start in range(0, len(labels), chunk):
+        sim = emb[start : start + chunk] @ gallery_emb.T  # [q, G]
+        s, i = sim.topk(k, dim=1)  # [q, k]
+        pidx = pos_index[start : start + chunk]  # [q, P]
+        ps = sim.gather(1, pidx.clamp(min=0))  # [q, P]
+        r = (sim[:, None, :] > ps[:, :, None] + TIE_EPS).sum(dim=2) + 1  # [q, P]
+        out_s.append(s.cpu())
+        out_i.append(i.cpu())
+        out_r.append(torch.where(pidx >= 0, r, torch.zeros_like(r)).cpu())
+    n_pos = (pos_index >= 0).sum(dim=1)  # [Q]
+    raw = torch.cat(out_r)  # [Q, P], 0 in padding
+    # sort the real ranks ascending and put the padding behind them
+    real = torch.where(pos_index >= 0, raw, torch.full_like(raw, torch.iinfo(torch.long).max)).sort(dim=1).values
+    positive = torch.where(torch.arange(max_pos)[None, :] < n_pos[:, None], real, torch.zeros_like(real))
+    best = torch.where(n_pos > 0, positive[:, 0], torch.full_like(n_pos, len(gallery) + 1))
+    return torch.cat(out_s), torch.cat(out_i), best, positive
+
+
 def run_dialogue(
     retriever: TextRetriever,
     questioner: Questioner,
@@ -236,9 +269,12 @@ def run_dialogue(
         emb = retriever.embed_texts(texts)  # [Q, D]
         timings["encode"] += time.perf_counter() - start
         start = time.perf_counter()
-        scores, idx = topk_search(emb, gallery_emb, depth, backend=backend)  # [Q, depth]
-        idx, scores = idx.cpu(), scores.cpu()
-        best, all_pos = _positive_ranks(idx, scores, labels, gallery, max_pos)
+        if rank_depth is None:  # exact: candidates by top-k, ranks by counting (no full sort)
+            scores, idx, best, all_pos = _exact_search(emb.float(), gallery_emb, labels, gallery, max_pos, min(top_k, len(gallery)))
+        else:
+            scores, idx = topk_search(emb, gallery_emb, depth, backend=backend)  # [Q, depth]
+            idx, scores = idx.cpu(), scores.cpu()
+            best, all_pos = _positive_ranks(idx, scores, labels, gallery, max_pos)
         timings["search"] += time.perf_counter() - start
         ranks.append(best)
         pos_ranks.append(all_pos)

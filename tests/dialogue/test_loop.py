@@ -202,3 +202,15 @@ def test_extract_question_is_lenient_but_strict_first():
     assert loose.ok and loose.text == "What colour is the door?" and loose.error == "lenient_format"
     assert not extract_question("No question here.").ok
     assert not parse_question("1. What colour is the door?").ok  # the strict parser stays strict
+
+
+def test_search_through_topk_backend_matches_exact_counting(world):
+    retriever, gallery, queries = world
+    # rounds=0: ranking only (with ties, the order of equal candidates, hence later questions, may differ)
+    exact = run_dialogue(retriever, OracleTeacherQuestioner(), OracleAnswerer(), queries, gallery, rounds=0, top_k=10)
+    for backend in ("torch", "faiss"):
+        deep = run_dialogue(retriever, OracleTeacherQuestioner(), OracleAnswerer(), queries, gallery, rounds=0, top_k=10,
+                            rank_depth=len(gallery), backend=backend)
+        assert torch.equal(deep.ranks, exact.ranks) and torch.equal(deep.positive_ranks, exact.positive_ranks)
+    shallow = run_dialogue(retriever, RandomQuestioner(), OracleAnswerer(), queries[:25], gallery, rounds=1, top_k=5, rank_depth=5)
+    assert int(shallow.ranks.max()) <= 6  # deeper than the search depth reads as depth + 1
