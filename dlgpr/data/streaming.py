@@ -185,19 +185,38 @@ class _ShardStream(IterableDataset):
 
 
 class RecordStream(_ShardStream):
-    """Every sample of the shards exactly once across all ranks and workers, in manifest order."""
+    """Every sample of the shards exactly once across all ranks and workers, in manifest order.
 
-    def consumer_shards(self, rank: int, world_size: int, worker: int, num_workers: int) -> list[ShardInfo]:
-        slot, slots = rank * num_workers + worker, world_size * num_workers
-        return [s for i, s in enumerate(self.shards) if i % slots == slot]
+    Shards are dealt to ranks, then to workers, round-robin. Where there are fewer shards than
+    ranks (or than a rank's workers), those consumers read the same shards and keep every n-th
+    sample instead, so no rank is left without data: a rank with an empty validation loader
+    would skip the epoch-end gather the others wait in.
+    """
+
+    def consumer_plan(self, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[list[ShardInfo], int, int]:
+        """``(shards, stride, offset)``: read ``shards`` in order, keep samples ``i % stride == offset``."""
+        stride, offset = 1, 0
+        if len(self.shards) >= world_size:
+            shards = self.shards[rank::world_size]
+        else:
+            shards, stride, offset = list(self.shards), world_size, rank
+        if len(shards) >= num_workers and stride == 1:
+            shards = shards[worker::num_workers]
+        else:
+            stride, offset = stride * num_workers, offset * num_workers + worker
+        return shards, stride, offset
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_context()
         bad = BadSampleLog()
         self.last_bad = bad
-        for shard in self.consumer_shards(self.state.rank, self.state.world_size, worker, num_workers):
+        shards, stride, offset = self.consumer_plan(self.state.rank, self.state.world_size, worker, num_workers)
+        i = 0
+        for shard in shards:
             for sample in self._read(shard, bad):
-                yield _sample_dict(sample, self.transform(sample.image))
+                if i % stride == offset:
+                    yield _sample_dict(sample, self.transform(sample.image))
+                i += 1
         bad.report(self._context())
 
 
@@ -259,6 +278,11 @@ class PlaceBatchStream(_ShardStream):
             layout.append([[rank_shards[i] for i in idx] for idx in per_worker])
             quotas.append([sum(s.places for s in ws) // self.places_per_batch for ws in layout[r]])
         target = min(sum(q) for q in quotas)
+        if target == 0:
+            raise ValueError(
+                f"{self.name}: {len(self.shards)} shard(s) with {sum(s.places for s in self.shards)} places give some rank no batch of "
+                f"{self.places_per_batch} places at world size {world_size}; write smaller shards or lower places_per_batch"
+            )
         for q in quotas:  # trim the richest workers until every rank yields `target` batches
             while sum(q) > target:
                 j = max(range(len(q)), key=lambda i: (q[i], i))

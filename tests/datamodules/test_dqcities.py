@@ -164,3 +164,17 @@ def test_eval_transform_is_deterministic_and_normalised(tiny_dataset):
     a, b = t(img), t(img)
     assert torch.equal(a, b) and a.shape == (3, 16, 16)
     assert a[0].mean().item() == pytest.approx((1.0 - PREP.mean[0]) / PREP.std[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("shards_per_split", [1, 2, 3, 5])
+def test_eval_stream_covers_each_sample_once_whatever_the_shard_count(tmp_path, shards_per_split):
+    # fewer shards than ranks x workers must still give every rank data, each sample once
+    root = tmp_path / f"s{shards_per_split}"
+    per_shard = -(-2 * 10 * 2 // shards_per_split)  # 2 cities x 10 places x 2 views
+    manifest = make_tiny_dataset(root, places={"val": 10}, per_shard=per_shard)
+    n_shards = len(manifest.split_shards("val"))
+    dm = _dm(root, num_workers=2)
+    per_rank = [_keys_eval(dm.eval_dataset("val"), rank, 2, 2) for rank in range(2)]
+    keys = per_rank[0] + per_rank[1]
+    assert all(per_rank), f"a rank got no sample with {n_shards} shard(s)"
+    assert len(keys) == len(set(keys)) == manifest.counts()["val"]["samples"]
