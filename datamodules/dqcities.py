@@ -21,7 +21,7 @@ from lightning.pytorch import LightningDataModule
 
 from dlgpr.data.reader import iter_records
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.data.shards import MANIFEST_NAME, Manifest, read_manifest
+from dlgpr.data.shards import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
 from dlgpr.data.streaming import (
     AugmentConfig,
     EpochLoader,
@@ -131,10 +131,8 @@ class DQCitiesDataModule(LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def shards(self, split: str):
-        return self._shards(split)
-
-    def _shards(self, split: str):
+    def shards(self, split: str) -> list[ShardInfo]:
+        """The manifest's shards of ``split`` (an error if there are none)."""
         assert self.manifest is not None, "call setup() first"
         shards = self.manifest.split_shards(split)
         if not shards:
@@ -145,7 +143,7 @@ class DQCitiesDataModule(LightningDataModule):
         assert self.preprocessing is not None, "call setup() first"
         return PlaceBatchStream(
             self.data_dir,
-            self._shards("train"),
+            self.shards("train"),
             ImageTransform(self.preprocessing, self.augment),
             places_per_batch=self.places_per_batch,
             views_per_place=self.views_per_place,
@@ -158,12 +156,12 @@ class DQCitiesDataModule(LightningDataModule):
 
     def eval_dataset(self, split: str) -> RecordStream:
         assert self.preprocessing is not None, "call setup() first"
-        return RecordStream(self.data_dir, self._shards(split), ImageTransform(self.preprocessing), name=split, seed=self._seed())
+        return RecordStream(self.data_dir, self.shards(split), ImageTransform(self.preprocessing), name=split, seed=self._seed())
 
     def records(self, split: str) -> list[PlaceRecord]:
         """Every record of ``split`` in manifest order, without decoding images."""
         out: list[PlaceRecord] = []
-        for shard in self._shards(split):
+        for shard in self.shards(split):
             out += iter_records(self.data_dir / shard.path)
         return out
 
@@ -178,9 +176,6 @@ class DQCitiesDataModule(LightningDataModule):
 
     def eval_dataloader(self, split: str) -> EpochLoader:
         """Every image of ``split`` once (what val/test/predict loaders are made of)."""
-        return self._eval_loader(split)
-
-    def _eval_loader(self, split: str) -> EpochLoader:
         assert self.preprocessing is not None
         return EpochLoader(
             self.eval_dataset(split),
@@ -191,10 +186,10 @@ class DQCitiesDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> EpochLoader:
-        return self._eval_loader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> EpochLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> EpochLoader:
-        return self._eval_loader(self.predict_split)
+        return self.eval_dataloader(self.predict_split)

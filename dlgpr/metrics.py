@@ -11,7 +11,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["first_positive_rank", "recall_at_k"]
+__all__ = [
+    "first_positive_rank", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+]
 
 
 def first_positive_rank(topk_indices: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> Tensor:
