@@ -85,16 +85,6 @@ class ModuleTextRetriever:
         self.module.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, getattr(self.module, "embed_dim", 0))  # [N, D]
 
-    @torch.inference_mode()
-    def embed_images(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` preprocessed images -> ``[B, D]`` normalised embeddings."""
-        was_training = self.module.training
-        self.module.eval()
-        device = next(self.module.parameters()).device
-        out = self.module.encode_images(images.to(device)).float()
-        self.module.train(was_training)
-        return out
-
 
 CLASS_PATH_KEY = "dlgpr_class_path"
 

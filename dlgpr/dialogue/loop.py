@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.dialogue.types import Answerer, AnswerRequest, Candidate, Question, Questioner, QuestionRequest, Target, Turn
+from dlgpr.dialogue.types import Answerer, AnswerRequest, Candidate, Questioner, QuestionRequest, Target, Turn
 from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import Backend, topk_search
@@ -343,4 +343,4 @@ def _checked(items: list, n: int, who: str) -> list:
     return items
 
 
-__all__ = ["DialogueQuery", "DialogueResult", "Gallery", "Question", "compose_query", "run_dialogue"]
+__all__ = ["DialogueQuery", "DialogueResult", "Gallery", "compose_query", "run_dialogue"]

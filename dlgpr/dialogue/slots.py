@@ -17,7 +17,7 @@ from typing import Any
 
 from dlgpr.data.synth.world import COLORS, NONE, SLOTS
 
-__all__ = ["SLOT_QUESTIONS", "answer_sentence", "question_slots", "slot_question", "ASKABLE_SLOTS"]
+__all__ = ["SLOT_QUESTIONS", "answer_sentence", "question_slots", "ASKABLE_SLOTS"]
 
 #: The canonical question of each slot (what the random and oracle questioners ask).
 SLOT_QUESTIONS: dict[str, str] = {
@@ -127,10 +127,6 @@ def question_slots(question: str) -> list[str]:
             used.add(rule.group)
             break
     return slots
-
-
-def slot_question(slot: str) -> str:
-    return SLOT_QUESTIONS[slot]
 
 
 def _side(v: str) -> str:

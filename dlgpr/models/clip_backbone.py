@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
-import torch
 from torch import Tensor, nn
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -110,7 +109,3 @@ class CLIPBackbone(nn.Module):
         if tokens is not None:
             out["text_emb"] = self.encode_text(tokens)  # [B, D]
         return out
-
-    @torch.no_grad()
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

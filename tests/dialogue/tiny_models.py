@@ -87,19 +87,25 @@ INIT_STD = 0.3
 (often a newline) forever; at 0.3 its greedy text varies from token to token and prompt to prompt,
 so batching and decoding tests compare real text and greedy choices are far from ties."""
 
+#: The text model of both tiny builders: 2 layers, hidden 64, grouped-query attention.
+TEXT_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=INIT_STD,
+)
+
+
 
 def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
     """A random 2-layer Qwen2 causal LM (hidden 64) sized to ``tokenizer``; eval mode, float32."""
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=INIT_STD,
+        **TEXT_DIMS,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
@@ -124,13 +130,7 @@ def tiny_qwen25vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, Qw
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            initializer_range=INIT_STD,
+            **TEXT_DIMS,
             # head_dim 16 = 2 * sum(mrope_section): rotary halves split over (time, height, width)
             rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
             eos_token_id=tok.eos_token_id,
