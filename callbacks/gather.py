@@ -27,9 +27,9 @@ def gather_rows(trainer: Trainer, x: Tensor) -> Tensor:
 class RowCollector:
     """Collects named per-sample rows from eval-step outputs and gathers them across ranks.
 
-    Fields ending in ``_emb`` are float ``[N, D]`` embeddings, the others int64 ``[N]`` ids. A rank
+    Fields containing ``_emb`` are float ``[N, D]`` embeddings, the others int64 ``[N]`` ids. A rank
     that saw no sample still takes part in the gather, with zero rows of width
-    ``pl_module.embed_dim``.
+    ``pl_module.embed_dims[field]`` (a dict, when the module has one) or ``pl_module.embed_dim``.
     """
 
     def __init__(self, fields: tuple[str, ...]) -> None:
@@ -44,14 +44,15 @@ class RowCollector:
             raise TypeError(f"the eval step must return a dict with {self.fields}")
         for f in self.fields:
             x = outputs[f].detach()
-            self._rows[f].append(x.float() if f.endswith("_emb") else x.long())
+            self._rows[f].append(x.float() if "_emb" in f else x.long())
 
     def _local(self, field: str, pl_module: object) -> Tensor:
         device = pl_module.device  # type: ignore[attr-defined]
         if self._rows[field]:
             return torch.cat(self._rows[field]).to(device)
-        if field.endswith("_emb"):
-            return torch.zeros(0, int(getattr(pl_module, "embed_dim")), device=device)
+        if "_emb" in field:
+            width = getattr(pl_module, "embed_dims", {}).get(field, getattr(pl_module, "embed_dim"))
+            return torch.zeros(0, int(width), device=device)
         return torch.zeros(0, dtype=torch.long, device=device)
 
     def gather(self, trainer: Trainer, pl_module: object) -> dict[str, Tensor]:

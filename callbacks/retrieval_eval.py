@@ -7,6 +7,11 @@ this callback collects them, gathers them from all ranks (so a DDP run reports t
 as one process), searches once (faiss by default) and logs ``val/recall@K`` (``test/...`` in
 ``test``) to the loggers, one console line, and one JSON line per evaluation appended to
 ``<log_dir>/retrieval_<val|test>.jsonl``.
+
+A module may score further embedding pairs: for each name in its ``eval_extra_views`` (CMPL:
+``("global",)``) the step also returns ``image_emb_<name>`` / ``text_emb_<name>`` and the
+callback logs ``val/<name>/recall@K`` beside the main score (CMPL: global similarity alone vs
+global + local).
 """
 
 from __future__ import annotations
@@ -36,20 +41,25 @@ class RetrievalEvalCallback(Callback):
             raise ValueError(f"ks must be >= 1, got {self.ks}")
         self.backend = backend
         self._collector = RowCollector(_FIELDS)
+        self._views: tuple[str, ...] = ()
         self.last_results: dict[str, float] = {}
 
     # ---- collection -----------------------------------------------------------------------------
-    def _reset(self) -> None:
+    def _reset(self, pl_module: LightningModule) -> None:
+        views = tuple(getattr(pl_module, "eval_extra_views", ()))
+        if views != self._views or not self._collector.fields:
+            self._views = views
+            self._collector = RowCollector(_FIELDS + tuple(f"{m}_emb_{v}" for v in views for m in ("image", "text")))
         self._collector.reset()
 
     def _collect(self, outputs: Any) -> None:
         self._collector.add(outputs)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._reset()
+        self._reset(pl_module)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._reset()
+        self._reset(pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
         self._collect(outputs)
@@ -71,11 +81,17 @@ class RetrievalEvalCallback(Callback):
             rank_zero_info(f"[{prefix}] retrieval eval: no samples")
             return
         keep = unique_rows(rows["place_id"], rows["view"])
-        image_emb, text_emb = rows["image_emb"][keep].float(), rows["text_emb"][keep].float()
         labels = rows["place_id"][keep]
-        ranks = rank_of_place(text_emb, labels, image_emb, labels, k=max(self.ks), backend=self.backend)
-        recalls = recall_at_k(ranks, self.ks)
-        self.last_results = {f"{prefix}/recall@{k}": v for k, v in recalls.items()}
+        recalls: dict[int, float] = {}
+        self.last_results = {}
+        for view in ("", *self._views):
+            suffix = f"_{view}" if view else ""
+            image_emb, text_emb = rows[f"image_emb{suffix}"][keep].float(), rows[f"text_emb{suffix}"][keep].float()
+            ranks = rank_of_place(text_emb, labels, image_emb, labels, k=max(self.ks), backend=self.backend)
+            view_recalls = recall_at_k(ranks, self.ks)
+            recalls = recalls or view_recalls  # the console line shows the main score
+            name = f"{prefix}/{view}" if view else prefix
+            self.last_results.update({f"{name}/recall@{k}": v for k, v in view_recalls.items()})
         for name, value in self.last_results.items():
             pl_module.log(name, value, rank_zero_only=False, sync_dist=False)
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask

@@ -12,8 +12,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "first_positive_rank", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+    "TIE_EPS", "first_positive_rank", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
 ]
+
+
+TIE_EPS = 1e-6
+"""Scores closer than this count as tied; ranks resolve ties in the target's favour."""
 
 
 def first_positive_rank(topk_indices: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> Tensor:

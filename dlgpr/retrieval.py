@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from dlgpr.metrics import first_positive_rank
+from dlgpr.metrics import TIE_EPS
 from dlgpr.search import Backend, topk_search
 
 __all__ = ["rank_of_place", "unique_rows", "TextRetriever", "ModuleTextRetriever", "load_retriever"]
@@ -26,6 +26,11 @@ def rank_of_place(
 ) -> Tensor:
     """1-based rank of the best gallery image of each query's place within the top ``k``.
 
+    The rank is 1 + the number of listed images scored higher than that image by more than
+    ``TIE_EPS``: ties go in the target's favour, so the rank does not depend on how the backend
+    orders equal scores, nor on the order of the gallery rows (which differs between one process
+    and a DDP gather), nor on float noise between batch compositions.
+
     Args:
         queries: ``[Q, D]`` normalised query embeddings.
         query_labels: ``[Q]`` place id of each query.
@@ -36,8 +41,13 @@ def rank_of_place(
     Returns:
         ``[Q]`` int64 ranks.
     """
-    _, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
-    return first_positive_rank(idx.cpu(), query_labels.cpu(), gallery_labels.cpu())
+    scores, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
+    scores, idx = scores.float().cpu(), idx.cpu()
+    valid = idx >= 0  # [Q, k]
+    hit = (gallery_labels.cpu()[idx.clamp(min=0)] == query_labels.cpu()[:, None]) & valid  # [Q, k]
+    best = torch.where(hit, scores, torch.full_like(scores, float("-inf"))).max(dim=1).values if k else torch.zeros(len(idx))  # [Q]
+    above = ((scores > best[:, None] + TIE_EPS) & valid).sum(dim=1)  # [Q]
+    return torch.where(hit.any(dim=1), above + 1, torch.full_like(above, k + 1)).long()
 
 
 def unique_rows(*ids: Tensor) -> Tensor:
@@ -105,6 +115,7 @@ def load_retriever(ckpt: str | Path, map_location: str | torch.device = "cpu") -
         raise ValueError(f"{ckpt}: no {CLASS_PATH_KEY} entry; it was not saved by a dlgpr retriever module")
     module_name, _, cls_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    model = cls.load_from_checkpoint(ckpt, map_location=map_location)
+    # the file is the user's own training output (hyperparameters include config dataclasses)
+    model = cls.load_from_checkpoint(ckpt, map_location=map_location, weights_only=False)
     model.eval()
     return model

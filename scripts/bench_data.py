@@ -6,7 +6,7 @@
 Prints medians over ``--repeats`` runs (the build machines are noisy):
   1. generation time of the default world (5 x 400 x 4 images at 128 px, 2 processes);
   2. training loader (place-batched, ``--num_workers`` workers) alone, samples/s;
-  3. the training step of the embedded default model (configs/cmpl.yaml) on batches held in
+  3. the training step of the CLIP baseline (77-token text; CMPL: scripts/bench_cmpl.py) on batches held in
      memory, samples/s, i.e. what training can consume;
   4. the same step fed live by the loader, samples/s; ratio 4/3 close to 1 means the loader is
      not the bottleneck.

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 TRAIN_CONFIGS = [c for c in CONFIGS if c.parent == ROOT / "configs"]
 EVAL_CONFIGS = [c for c in CONFIGS if c.parent.name == "eval"]
+ABLATION_CONFIGS = [c for c in CONFIGS if c.parent.name == "ablation"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +36,7 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
         "--data.init_args.num_workers", "0",
         "--model.init_args.backbone.image_size", "32",
         "--model.init_args.backbone.context_length", "24",
+        "--model.init_args.backbone.long_text_length", "32",
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
@@ -43,7 +45,23 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
 
 
 def test_configs_are_all_covered():
-    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) == set(CONFIGS) and TRAIN_CONFIGS and EVAL_CONFIGS
+    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) == set(CONFIGS) and TRAIN_CONFIGS and EVAL_CONFIGS
+    assert {c.stem for c in ABLATION_CONFIGS} == {"clip77", "baseline", "token_selection", "hsdm", "hi", "full"}
+
+
+@pytest.mark.parametrize("config", ABLATION_CONFIGS, ids=[c.stem for c in ABLATION_CONFIGS])
+def test_ablation_overrides_apply_to_the_main_config(config, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main([*tiny_args(tmp_path / "d"), "--config", str(config)], run=False)
+    model, loss = cli.model.model, cli.model.loss_fn
+    row = config.stem
+    expected_taps = {"clip77": [], "baseline": [], "token_selection": [4]}.get(row, [1, 2, 3, 4])
+    assert model.config.taps == expected_taps
+    assert (loss.lambda_h > 0) == (row not in ("clip77", "baseline"))
+    assert (loss.hi_weight > 0) == (row in ("hi", "full"))
+    assert (loss.lambda_vpr > 0) == (row == "full")
+    assert model.backbone.context_length == (24 if row == "clip77" else 32)  # only the CLIP row keeps the short context
 
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS])
@@ -66,7 +84,8 @@ def test_embedded_configs_instantiate(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     make_tiny_dataset(tmp_path / "d")
     cli = main(tiny_args(tmp_path / "d"), run=False)
-    assert type(cli.model).__name__ == "CLIPBaselineModule"
+    assert type(cli.model).__name__ == "CMPLModule"
+    assert cli.model.model.config.taps == [1, 2, 3, 4] and cli.model.clip.context_length == 32
     assert type(cli.datamodule).__name__ == "DQCitiesDataModule"
     assert cli.model.lr == 5e-4
 
@@ -87,7 +106,8 @@ def test_fit_changes_parameters_saves_and_resumes(monkeypatch, tmp_path):
     cli.trainer.fit(cli.model, cli.datamodule)
     after = cli.model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert len(changed) > 0.9 * len([k for k, v in before.items() if v.dtype.is_floating_point and k != "backbone.model.logit_scale"])
+    assert len(changed) > 0.9 * len([k for k, v in before.items() if v.dtype.is_floating_point and not k.endswith("model.logit_scale")])
+    assert any(k.startswith("model.queries") for k in changed) and any(k.startswith("model.extractor.") for k in changed)
     assert cli.trainer.global_step == 3
     ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
     assert ckpt.is_file()
@@ -106,7 +126,7 @@ def test_fit_changes_parameters_saves_and_resumes(monkeypatch, tmp_path):
     cli2.trainer.fit(cli2.model, cli2.datamodule, ckpt_path=str(ckpt))
     assert cli2.trainer.global_step == 6 and cli2.trainer.current_epoch == 2
     resumed = cli2.model.state_dict()
-    key = "backbone.model.visual.conv1.weight"
+    key = "model.backbone.model.visual.conv1.weight"
     assert not torch.equal(resumed[key], after[key])  # trained on
     assert (resumed[key] - after[key]).abs().max() < (after[key] - before[key]).abs().max() * 10  # from the checkpoint, not from scratch
 
@@ -115,7 +135,7 @@ def test_validate_and_test_report_recall(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     make_tiny_dataset(tmp_path / "d")
     cli = main(["validate", *tiny_args(tmp_path / "d")])
-    assert set(cli.trainer.callback_metrics) >= {"val/recall@1", "val/recall@5", "val/recall@10", "dialogue/round5/recall@1", "dialogue/bri"}
+    assert set(cli.trainer.callback_metrics) >= {"val/recall@1", "val/recall@5", "val/recall@10", "val/global/recall@1", "dialogue/round5/recall@1", "dialogue/bri"}
     cli = main(["test", *tiny_args(tmp_path / "d")])
     r1, r10 = float(cli.trainer.callback_metrics["test/recall@1"]), float(cli.trainer.callback_metrics["test/recall@10"])
     assert 0.0 <= r1 <= r10 <= 1.0

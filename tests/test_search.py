@@ -42,6 +42,22 @@ def test_rank_of_place_against_naive():
         assert ranks[i].item() == expected
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_rank_of_place_ties_go_to_the_target_whatever_the_gallery_order(backend):
+    # two identical images of different places: whichever row comes first, the query of either
+    # place ranks its own image first (the tie is resolved in the target's favour)
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]), dim=1)
+    gallery = torch.stack([img[0], img[0], img[1]])  # rows 0 and 1 are the same picture
+    q = torch.stack([img[0], img[0]])
+    for order in ([0, 1, 2], [1, 0, 2]):
+        labels = torch.tensor([7, 8, 9])[order]
+        ranks = rank_of_place(q, torch.tensor([7, 8]), gallery, labels, k=3, backend=backend)
+        assert ranks.tolist() == [1, 1]
+    ranks = rank_of_place(q[:1], torch.tensor([9]), gallery, torch.tensor([7, 8, 9]), k=3, backend=backend)
+    assert ranks.tolist() == [3]  # two images strictly above it
+    assert rank_of_place(q[:1], torch.tensor([9]), gallery, torch.tensor([7, 8, 9]), k=2, backend=backend).tolist() == [3]  # not in the list: k + 1
+
+
 def test_unique_rows_keeps_first_occurrence():
     pid = torch.tensor([3, 1, 3, 2, 1])
     view = torch.tensor([0, 0, 0, 1, 1])

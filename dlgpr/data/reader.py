@@ -31,12 +31,16 @@ class BadSampleLog:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.first_reason: str | None = None
+        """The first skip's reason, e.g. ``"<key>: description must be a non-empty string"``."""
 
-    def add(self, shard: str, kind: str, n: int = 1) -> None:
+    def add(self, shard: str, kind: str, n: int = 1, reason: str | None = None) -> None:
         if kind not in BAD_KINDS:
             raise ValueError(f"unknown bad-sample kind {kind!r}")
         if n > 0:
             self.counts[(shard, kind)] += n
+            if reason and self.first_reason is None:
+                self.first_reason = f"{shard}: {reason}"
 
     @property
     def total(self) -> int:
@@ -57,7 +61,8 @@ class BadSampleLog:
     def report(self, context: str) -> None:
         """One warning line for the whole epoch (nothing when no sample was bad)."""
         if self.total:
-            log.warning("%s: skipped %d bad sample(s) this epoch (%s)", context, self.total, self.summary())
+            first = f"; first: {self.first_reason}" if self.first_reason else ""
+            log.warning("%s: skipped %d bad sample(s) this epoch (%s)%s", context, self.total, self.summary(), first)
 
 
 @dataclass
@@ -76,7 +81,7 @@ def _decode(raw: dict, shard: str, bad: BadSampleLog) -> Sample | None:
         record = PlaceRecord.from_json(raw["json"])
     except RecordError as exc:
         log.debug("%s/%s: %s", shard, raw.get("__key__"), exc)
-        bad.add(shard, "bad_json")
+        bad.add(shard, "bad_json", reason=str(exc))
         return None
     try:
         image = Image.open(io.BytesIO(raw["jpg"]))
@@ -141,5 +146,5 @@ def iter_records(path: str | os.PathLike, bad: BadSampleLog | None = None) -> It
         for raw in tariterators.group_by_keys(files, handler=handler):
             try:
                 yield PlaceRecord.from_json(raw["json"])
-            except (KeyError, RecordError):
-                bad.add(shard, "bad_json")
+            except (KeyError, RecordError) as exc:
+                bad.add(shard, "bad_json", reason=str(exc))

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.dialogue.types import Answerer, AnswerRequest, Candidate, Questioner, QuestionRequest, Target, Turn
-from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
+from dlgpr.metrics import TIE_EPS, bri, cumulative_recall, prg, recall_per_round
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import Backend, topk_search
 
@@ -159,7 +159,6 @@ class DialogueResult:
         return json.dumps({"summary": self.summary(), "timings": self.timings, "queries": self.records()}, indent=1)
 
 
-TIE_EPS = 1e-6
 
 
 def _positive_ranks(idx: Tensor, scores: Tensor, labels: Tensor, gallery: Gallery, max_pos: int) -> tuple[Tensor, Tensor]:

@@ -6,20 +6,36 @@ backbone). dlgpr registers its own small architectures from ``model_configs/*.js
 embeddings) so tests and the embedded default build a CLIP from its config without any
 download. ``pretrained`` is an open_clip tag (downloaded to ``cache_dir`` by open_clip), a
 local checkpoint path, or ``None`` for random initialisation.
+
+Long text: ``long_text_length`` extends the text positional embedding beyond the architecture's
+77 positions by linear interpolation (Long-CLIP keeps the first 20 positions and stretches the
+rest 4x to 248), after the weights are loaded, so it applies to pretrained and fresh towers
+alike; the tokenizer's context follows. Layer taps: :meth:`CLIPBackbone.image_taps` and
+:meth:`CLIPBackbone.text_taps` run the towers block by block and return the token states after
+chosen blocks (and the [CLS] attention of those blocks), for multi-level heads such as CMPL.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import open_clip
+import torch
+from open_clip.model import text_global_pool
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
-__all__ = ["ClipBackboneConfig", "CLIPBackbone", "ClipTokenizer"]
+__all__ = ["ClipBackboneConfig", "CLIPBackbone", "ClipTokenizer", "stretch_positions", "ImageTaps", "TextTaps"]
+
+log = logging.getLogger("dlgpr.models")
 
 
 @dataclass
@@ -36,6 +52,11 @@ class ClipBackboneConfig:
     """Text context override for randomly initialised towers; None keeps the architecture's own."""
     cache_dir: str | None = None
     """Where open_clip keeps downloaded weights (None: its default)."""
+    long_text_length: int | None = None
+    """Extend the text context to this many positions by interpolating the positional
+    embedding (Long-CLIP: 248); None keeps the architecture's context."""
+    long_text_keep_first: int = 20
+    """Leading positions copied unchanged when stretching (Long-CLIP: 20; 0 stretches all)."""
 
     def __post_init__(self) -> None:
         if self.model_name not in open_clip.list_models():
@@ -47,20 +68,102 @@ class ClipBackboneConfig:
         if self.pretrained and self.context_length is not None:
             raise ValueError(
                 "context_length cannot be overridden on pretrained weights here: the positional "
-                "embedding would not load; extend it by interpolation (CMPL long-text) instead"
+                "embedding would not load; extend it by interpolation (long_text_length) instead"
             )
+        if self.long_text_length is not None and self.long_text_length < 2:
+            raise ValueError(f"long_text_length must be >= 2, got {self.long_text_length}")
+        if self.long_text_keep_first < 0:
+            raise ValueError(f"long_text_keep_first must be >= 0, got {self.long_text_keep_first}")
+
+
+def stretch_positions(pos: Tensor, length: int, keep_first: int = 20) -> Tensor:
+    """Long-CLIP-style positional stretching: ``[L, W] -> [length, W]``.
+
+    Rows ``[:keep_first]`` are copied; the remaining ``L - keep_first`` rows are resampled
+    linearly onto ``length - keep_first`` positions at a constant stride (77 -> 248 with
+    keep_first 20: stride 1/4, each old position followed by three interpolated ones); the last
+    few new positions lie past the final old one and continue its last difference.
+    """
+    old_len = pos.shape[0]
+    if length < old_len:
+        raise ValueError(f"cannot stretch {old_len} positions down to {length}")
+    if length == old_len:
+        return pos.clone()
+    keep = min(keep_first, old_len - 1)
+    head, rest = pos[:keep], pos[keep:]  # [keep, W], [n_old, W]
+    n_old, n_new = rest.shape[0], length - keep
+    if n_old == 1:
+        return torch.cat([head, rest.expand(n_new, -1)])
+    x = torch.arange(n_new, dtype=torch.float64) * (n_old / n_new)  # [n_new] source coordinates
+    i0 = x.floor().long().clamp(max=n_old - 2)  # [n_new]
+    frac = (x - i0).to(pos.dtype)[:, None]  # [n_new, 1]; > 1 past the end: linear extrapolation
+    stretched = rest[i0] + frac * (rest[i0 + 1] - rest[i0])  # [n_new, W]
+    return torch.cat([head, stretched])
+
+
+class ImageTaps(NamedTuple):
+    """Output of :meth:`CLIPBackbone.image_taps`."""
+
+    pooled: Tensor
+    """``[B, D]`` the tower's global embedding (unnormalised), as ``encode_image``."""
+    tokens: list[Tensor]
+    """Per tap ``[B, 1 + N, W]``: the residual stream after that block ([CLS] first)."""
+    cls_attention: list[Tensor]
+    """Per tap ``[B, N]``: the block's attention of [CLS] onto each patch, mean over heads."""
+
+
+class TextTaps(NamedTuple):
+    """Output of :meth:`CLIPBackbone.text_taps`."""
+
+    pooled: Tensor
+    """``[B, D]`` the tower's global (EOT) embedding, as ``encode_text``."""
+    tokens: list[Tensor]
+    """Per tap ``[B, L, W]``: the residual stream after that block."""
+    padding: Tensor
+    """``[B, L]`` True at positions after the end-of-text token (not part of the text)."""
 
 
 class ClipTokenizer:
-    """Picklable callable ``list[str] -> LongTensor [B, context_length]`` (for DataLoader workers)."""
+    """Picklable callable ``list[str] -> LongTensor [B, context_length]`` (for DataLoader workers).
+
+    Texts longer than the context are truncated (the end-of-text token kept last) and counted:
+    ``truncated`` of ``seen`` so far, with a warning at the 1st, 2nd, 4th, 8th, ... truncation
+    so a long run reports how often it happens without flooding the log. An empty text is an
+    error: it has nothing to retrieve by.
+    """
 
     def __init__(self, model_name: str, context_length: int) -> None:
         self.model_name = model_name
         self.context_length = context_length
         self._tok = open_clip.get_tokenizer(model_name, context_length=context_length)
+        self.seen = 0
+        self.truncated = 0
 
     def __call__(self, texts: list[str]) -> Tensor:
-        return self._tok(list(texts), context_length=self.context_length)  # [B, L]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} of the batch is empty: a description must be a non-empty string")
+        self.seen += len(texts)
+        tok = self._tok
+        if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
+            return tok(texts, context_length=self.context_length)  # [B, L]; counts unknown
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # [B, L]
+        for i, text in enumerate(texts):
+            ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
+            if len(ids) > self.context_length:
+                ids = ids[: self.context_length - 1] + [tok.eot_token_id]
+                self._count_truncation(len(ids))
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def _count_truncation(self, _: int) -> None:
+        self.truncated += 1
+        if self.truncated & (self.truncated - 1) == 0:  # powers of two
+            log.warning(
+                "%d of %d texts so far were longer than the %d-token context and were truncated",
+                self.truncated, self.seen, self.context_length,
+            )
 
 
 class CLIPBackbone(nn.Module):
@@ -86,12 +189,39 @@ class CLIPBackbone(nn.Module):
         # learnable logit_scale out of the optimizer so it does not drift unused.
         model.logit_scale.requires_grad_(False)
         self.model = model
+        if config.long_text_length is not None and config.long_text_length != int(model.context_length):
+            self._extend_text_context(config.long_text_length, config.long_text_keep_first)
         self.context_length = int(model.context_length)
         vision_size = model.visual.image_size
         self.image_size = int(vision_size[0] if isinstance(vision_size, (tuple, list)) else vision_size)
         self.image_mean = tuple(float(v) for v in getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
         self.image_std = tuple(float(v) for v in getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
         self.embed_dim = int(model.text_projection.shape[1]) if model.text_projection is not None else int(model.transformer.width)
+
+    def _extend_text_context(self, length: int, keep_first: int) -> None:
+        m = self.model
+        with torch.no_grad():
+            pos = stretch_positions(m.positional_embedding.detach(), length, keep_first)  # [length, W]
+        m.positional_embedding = nn.Parameter(pos)
+        m.context_length = length
+        mask = torch.full((length, length), float("-inf")).triu_(1)  # causal, as open_clip builds it
+        m.register_buffer("attn_mask", mask.to(m.attn_mask.device), persistent=False)
+
+    @property
+    def image_layers(self) -> int:
+        return len(self.model.visual.transformer.resblocks)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.model.transformer.resblocks)
+
+    @property
+    def image_width(self) -> int:
+        return int(self.model.visual.transformer.width)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.transformer.width)
 
     def tokenizer(self) -> ClipTokenizer:
         return ClipTokenizer(self.config.model_name, self.context_length)
@@ -109,3 +239,74 @@ class CLIPBackbone(nn.Module):
         if tokens is not None:
             out["text_emb"] = self.encode_text(tokens)  # [B, D]
         return out
+
+    # ---- layer taps ------------------------------------------------------------------------------
+    def image_taps(self, images: Tensor, taps: list[int]) -> ImageTaps:
+        """Run the vision tower block by block; ``taps`` are 1-based block indices.
+
+        images: ``[B, 3, H, W]``. The [CLS] attention of a tapped block is recomputed from that
+        block's own query/key projections (open_clip does not return attention weights); it is
+        used for token selection only and carries no gradient.
+        """
+        visual = self.model.visual
+        if not isinstance(visual, VisionTransformer) or not visual.transformer.batch_first:
+            raise ValueError("layer taps need an open_clip VisionTransformer tower (batch_first)")
+        x = visual._embeds(images)  # [B, 1 + N, W]
+        wanted = set(taps)
+        tokens, cls_attention = [], []
+        for depth, block in enumerate(visual.transformer.resblocks, start=1):
+            if depth in wanted:
+                cls_attention.append(_cls_attention(block, x))  # [B, N]
+            x = block(x)
+            if depth in wanted:
+                tokens.append(x)
+        pooled, _ = visual._pool(x)  # [B, W]
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj  # [B, D]
+        return ImageTaps(pooled, tokens, cls_attention)
+
+    def text_taps(self, text: Tensor, taps: list[int]) -> TextTaps:
+        """Run the text tower block by block; ``text``: ``[B, L]`` token ids; ``taps`` 1-based."""
+        m = self.model
+        if not m.transformer.batch_first:
+            raise ValueError("layer taps need a batch_first open_clip text transformer")
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(text).to(cast) + m.positional_embedding.to(cast)  # [B, L, W]
+        wanted = set(taps)
+        tokens = []
+        for depth, block in enumerate(m.transformer.resblocks, start=1):
+            x = block(x, attn_mask=m.attn_mask)
+            if depth in wanted:
+                tokens.append(x)
+        x = m.ln_final(x)  # [B, L, W]
+        pooled = text_global_pool(x, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))  # [B, W]
+        if m.text_projection is not None:
+            pooled = m.text_projection(pooled) if isinstance(m.text_projection, nn.Linear) else pooled @ m.text_projection  # [B, D]
+        if m.text_pool_type == "eos" and getattr(m, "text_eos_id", None) is not None:
+            end = (text == m.text_eos_id).int().argmax(dim=-1)  # [B]
+        else:
+            end = text.argmax(dim=-1)  # [B] CLIP's EOT id is the largest in the vocabulary
+        padding = torch.arange(text.shape[1], device=text.device)[None, :] > end[:, None]  # [B, L]
+        return TextTaps(pooled, tokens, padding)
+
+
+@torch.no_grad()
+def _cls_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """Attention of the [CLS] query onto the patch keys in ``block``, averaged over heads.
+
+    x: ``[B, 1 + N, W]`` the block's input. Returns ``[B, N]`` (rows sum to at most 1: the
+    [CLS]-to-[CLS] share is dropped).
+    """
+    attn: nn.MultiheadAttention = block.attn
+    h = block.ln_1(x)  # [B, T, W]
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    width, heads = h.shape[-1], attn.num_heads
+    q = h[:, 0] @ w[:width].T  # [B, W]
+    k = h @ w[width : 2 * width].T  # [B, T, W]
+    if b is not None:
+        q, k = q + b[:width], k + b[width : 2 * width]
+    hd = width // heads
+    q = q.view(q.shape[0], heads, hd)  # [B, H, hd]
+    k = k.view(k.shape[0], k.shape[1], heads, hd)  # [B, T, H, hd]
+    scores = torch.einsum("bhd,bthd->bht", q, k) / math.sqrt(hd)  # [B, H, T]
+    return scores.softmax(dim=-1).mean(dim=1)[:, 1:]  # [B, N]

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from dlgpr.data.streaming import Preprocessing
 from dlgpr.losses import sdm_loss
 from dlgpr.models.clip_backbone import CLIPBackbone, ClipBackboneConfig
-from dlgpr.retrieval import CLASS_PATH_KEY
-from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
+from dlgpr.modules.optim import OptimConfig
+from dlgpr.modules.retrieval_base import RetrievalModule
 
 
-class CLIPBaselineModule(LightningModule):
+class CLIPBaselineModule(RetrievalModule):
     """Fine-tunes a CLIP with SDM on (image, description) pairs labelled by place.
 
     Under DDP the embeddings of all ranks are gathered (with gradients) before SDM, so the loss
@@ -25,7 +21,7 @@ class CLIPBaselineModule(LightningModule):
     gradient is then identical to single-process training on the concatenated batch.
 
     Args:
-        backbone: which CLIP and weights.
+        backbone: which CLIP and weights (``long_text_length`` gives the Long-CLIP-style row).
         lr: peak learning rate.
         optim: AdamW and schedule settings.
         logit_scale: SDM's similarity scale (IRRA fixes 1/0.02 = 50 to fine-tune a pretrained
@@ -47,41 +43,23 @@ class CLIPBaselineModule(LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        if logit_scale <= 0:
-            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.save_hyperparameters()
         self.backbone = CLIPBackbone(backbone)
         self.embed_dim = self.backbone.embed_dim
         self.lr = lr
         self.optim = optim
-        log_scale = torch.tensor(float(logit_scale)).log()
-        if learnable_logit_scale:
-            self.log_logit_scale = torch.nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_logit_scale", log_scale)
+        self._init_scale(logit_scale, learnable_logit_scale)
         self.gather_across_ranks = gather_across_ranks
 
     @property
-    def logit_scale(self) -> Tensor:
-        return self.log_logit_scale.clamp(max=math.log(100.0)).exp()
+    def clip(self) -> CLIPBackbone:  # type: ignore[override]
+        return self.backbone
 
-    # ---- what the data side needs ----------------------------------------------------------------
-    def preprocessing(self) -> Preprocessing:
-        b = self.backbone
-        return Preprocessing(image_size=b.image_size, mean=b.image_mean, std=b.image_std, tokenizer=b.tokenizer())  # type: ignore[arg-type]
-
-    # ---- encoders (normalised embeddings) -------------------------------------------------------
     def encode_images(self, images: Tensor) -> Tensor:
         return F.normalize(self.backbone.encode_image(images), dim=-1)  # [B, D]
 
     def encode_texts(self, tokens: Tensor) -> Tensor:
         return F.normalize(self.backbone.encode_text(tokens), dim=-1)  # [B, D]
-
-    # ---- steps ----------------------------------------------------------------------------------
-    def _gather(self, x: Tensor) -> Tensor:
-        if not self.gather_across_ranks or self.trainer.world_size == 1:
-            return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)  # [W * B, ...]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image_emb = self._gather(self.backbone.encode_image(batch["image"]))  # [N, D]
@@ -94,30 +72,3 @@ class CLIPBaselineModule(LightningModule):
         self.log_dict({f"train/sdm_{k}": v for k, v in stats.items()}, batch_size=n)
         self.log("train/logit_scale", self.logit_scale.detach(), batch_size=n)
         return loss
-
-    def _embed_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return {
-            "image_emb": self.encode_images(batch["image"]),  # [B, D]
-            "text_emb": self.encode_texts(batch["tokens"]),  # [B, D]
-            "place_id": batch["place_id"],  # [B]
-            "view": batch["view"],  # [B]
-        }
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._embed_batch(batch)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._embed_batch(batch)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {**self._embed_batch(batch), "key": batch["key"]}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # lets dlgpr.retrieval.load_retriever find the class without being told
-        checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
-
-    def configure_optimizers(self) -> Any:
-        groups = param_groups(list(self.named_parameters()), self.lr, self.optim.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.optim.betas, eps=self.optim.eps)
-        scheduler = warmup_cosine(optimizer, int(self.trainer.estimated_stepping_batches), self.optim)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

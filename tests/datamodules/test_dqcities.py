@@ -1,4 +1,5 @@
 import io
+import json
 import logging
 import tarfile
 from collections import Counter
@@ -178,3 +179,27 @@ def test_eval_stream_covers_each_sample_once_whatever_the_shard_count(tmp_path, 
     keys = per_rank[0] + per_rank[1]
     assert all(per_rank), f"a rank got no sample with {n_shards} shard(s)"
     assert len(keys) == len(set(keys)) == manifest.counts()["val"]["samples"]
+
+
+def test_empty_description_is_rejected_with_the_key_and_field_named(tmp_path, caplog):
+    root = tmp_path / "empty"
+    manifest = make_tiny_dataset(root, places={"val": 4}, per_shard=8)
+    shard = manifest.split_shards("val")[0]
+    first_json = [n for n, _ in _members(root / shard.path) if n.endswith(".json")][0]
+    key = first_json.rsplit(".", 1)[0]
+
+    def blank(name, data):
+        if name != first_json:
+            return data
+        record = json.loads(data)
+        record["description"] = "   "
+        return json.dumps(record).encode()
+
+    _rewrite_member(root / shard.path, blank)
+    ds = _dm(root).eval_dataset("val")
+    with caplog.at_level(logging.WARNING, logger="dlgpr.data"):
+        keys = [s["key"] for s in ds]
+    assert key not in keys and len(keys) == manifest.counts()["val"]["samples"] - 1
+    assert ds.last_bad.by_kind() == {"bad_json": 1}
+    message = next(r.getMessage() for r in caplog.records if "bad sample" in r.getMessage())
+    assert f"{key}: description must be a non-empty string" in message and shard.path in message
