@@ -21,6 +21,8 @@ __all__ = [
     "hard_negative_isolation_loss",
     "multi_similarity_loss",
     "CMPLLoss",
+    "group_advantages",
+    "grpo_loss",
 ]
 
 
@@ -279,3 +281,86 @@ class CMPLLoss:
         loss = self.lambda_gs * loss_gs + self.lambda_h * (loss_ls + self.hi_weight * loss_hi) + self.lambda_vpr * loss_vpr
         stats.update({"gs": loss_gs.detach(), "ls": loss_ls.detach(), "hi": loss_hi.detach(), "vpr": loss_vpr.detach()})
         return loss, stats
+
+
+# ---- GRPO (DeepSeekMath; REFERENCE.md "DQ-Pilot") -----------------------------------------------
+
+
+def group_advantages(rewards: Tensor, group_size: int, epsilon: float = 1e-4) -> Tensor:
+    """GRPO advantages: each reward standardised within its group of ``group_size`` samples.
+
+        A_i = (r_i - mean_group) / (std_group + epsilon)
+
+    with the unbiased standard deviation (trl's choice; a group of one has std 0, so A = 0).
+
+    Args:
+        rewards: ``[N * G]`` rewards, the G samples of a prompt contiguous.
+        group_size: G.
+
+    Returns:
+        ``[N * G]`` advantages.
+
+    Raises:
+        FloatingPointError: a reward is NaN or infinite (it would poison its whole group).
+    """
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if not torch.isfinite(rewards).all():
+        bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+        raise FloatingPointError(f"non-finite reward at sample(s) {bad[:8]}: refusing to compute advantages")
+    r = rewards.float().view(-1, group_size)  # [N, G]
+    mean = r.mean(dim=1, keepdim=True)  # [N, 1]
+    std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)  # [N, 1]
+    return ((r - mean) / (std + epsilon)).view(-1)  # [N * G]
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon: float = 0.2,
+    beta: float = 0.04,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The clipped GRPO surrogate with the k3 KL to a reference policy, token-level mean.
+
+        rho = exp(logp - old_logp)
+        KL  = exp(ref - logp) - (ref - logp) - 1
+        loss = - sum_t mask * [min(rho A, clip(rho, 1 - eps, 1 + eps) A) - beta KL] / sum_t mask
+
+    The mean runs over every completion token of the batch (trl's ``bnpo``), so long and short
+    completions weigh by their token counts.
+
+    Args:
+        logp: ``[B, T]`` log-probabilities of the sampled tokens under the policy being trained.
+        old_logp: ``[B, T]`` the same under the policy that sampled them (detached).
+        ref_logp: ``[B, T]`` the same under the reference policy, or None when ``beta == 0``.
+        advantages: ``[B]`` one advantage per completion.
+        mask: ``[B, T]`` 1 on completion tokens, 0 on padding.
+
+    Returns:
+        ``(loss, {"kl", "clip_fraction", "ratio"})``: the masked token means.
+    """
+    mask = mask.to(logp.dtype)  # [B, T]
+    n_tokens = mask.sum().clamp(min=1.0)
+    adv = advantages.to(logp.dtype)[:, None]  # [B, 1]
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon)  # [B, T]
+    per_token = -torch.min(ratio * adv, clipped * adv)  # [B, T]
+    kl = torch.zeros_like(logp)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("grpo_loss: beta != 0 needs ref_logp")
+        delta = ref_logp - logp  # [B, T]
+        kl = torch.exp(delta) - delta - 1.0  # [B, T]
+        per_token = per_token + beta * kl
+    loss = (per_token * mask).sum() / n_tokens
+    with torch.no_grad():
+        was_clipped = ((ratio < 1.0 - epsilon) & (adv < 0)) | ((ratio > 1.0 + epsilon) & (adv > 0))  # [B, T]
+        stats = {
+            "kl": (kl * mask).sum() / n_tokens,
+            "clip_fraction": (was_clipped.to(mask.dtype) * mask).sum() / n_tokens,
+            "ratio": (ratio * mask).sum() / n_tokens,
+        }
+    return loss, {k: v.detach() for k, v in stats.items()}
