@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "TIE_EPS", "first_positive_rank", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+    "semantic_ambiguity", "ddi",
 ]
 
 
@@ -121,3 +122,33 @@ def prg(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, num_positives: 
     out = torch.where(saturated, delta / g_star.clamp(min=1e-12), delta / torch.where(saturated, torch.ones_like(room), room))
     out = torch.where(saturated & (delta.abs() < 1e-12), torch.zeros_like(out), out)
     return out.clamp(-1.0, 1.0) if clamp else out
+
+
+def semantic_ambiguity(target: Tensor, positive: Tensor, negatives: Tensor, alpha: float = 0.5) -> Tensor:
+    """SA of a candidate set (REFERENCE.md "Metrics"): how alike the hard negatives read and how
+    unlike the positive view reads, by the retriever's text encoder.
+
+        SA = alpha * mean_n cos(t_target, t_neg_n) + (1 - alpha) * (1 - cos(t_target, t_pos))
+
+    (the negative term averaged over the hard negatives: **choice**).
+
+    Args:
+        target: ``[N, D]`` text embeddings of the targets' descriptions.
+        positive: ``[N, D]`` of a positive view's description.
+        negatives: ``[N, M, D]`` of the M hard negatives' descriptions.
+        alpha: weight of the negative term.
+
+    Returns:
+        ``[N]`` SA values.
+    """
+    t = torch.nn.functional.normalize(target.float(), dim=-1)  # [N, D]
+    p = torch.nn.functional.normalize(positive.float(), dim=-1)  # [N, D]
+    n = torch.nn.functional.normalize(negatives.float(), dim=-1)  # [N, M, D]
+    neg_sim = torch.einsum("nd,nmd->nm", t, n).mean(dim=1)  # [N]
+    pos_sim = (t * p).sum(dim=-1)  # [N]
+    return alpha * neg_sim + (1.0 - alpha) * (1.0 - pos_sim)
+
+
+def ddi(sa: Tensor, prg_values: Tensor, w_sa: float = 0.5, w_rid: float = 0.5) -> Tensor:
+    """Dialogue difficulty index: DDI = w_sa * SA + w_rid * RID with RID = 1 - PRG.  [N], [N] -> [N]"""
+    return w_sa * sa.float() + w_rid * (1.0 - prg_values.float())

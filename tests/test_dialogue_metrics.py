@@ -61,3 +61,14 @@ def test_prg_already_ideal_choice_and_clamp():
     big_drop = prg(torch.tensor([[1, 0]]), torch.tensor([[1000, 0]]), torch.tensor([1]))
     assert big_drop.item() < -0.8
     assert prg(torch.tensor([[2, 0]]), torch.tensor([[1000, 0]]), torch.tensor([1]), clamp=True).item() >= -1.0
+
+
+def test_semantic_ambiguity_and_ddi_by_hand():
+    from dlgpr.metrics import ddi, semantic_ambiguity
+
+    target = torch.tensor([[1.0, 0.0]])
+    positive = torch.tensor([[0.6, 0.8]])  # cos 0.6 with the target
+    negatives = torch.tensor([[[0.8, 0.6], [0.0, 2.0]]])  # cos 0.8 and 0 (unnormalised on purpose)
+    sa = semantic_ambiguity(target, positive, negatives, alpha=0.25)
+    assert sa.item() == pytest.approx(0.25 * 0.4 + 0.75 * 0.4)  # negatives mean (0.8 + 0) / 2; 1 - 0.6
+    assert ddi(sa, torch.tensor([0.3]), w_sa=0.6, w_rid=0.4).item() == pytest.approx(0.6 * 0.4 + 0.4 * 0.7)
