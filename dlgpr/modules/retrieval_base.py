@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from dlgpr.data.streaming import Preprocessing
+from dlgpr.distributed import gather_with_grad
 from dlgpr.models.clip_backbone import CLIPBackbone
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 from dlgpr.retrieval import CLASS_PATH_KEY
@@ -52,7 +53,9 @@ class RetrievalModule(LightningModule):
         """``[B, ...]`` -> ``[world_size * B, ...]`` with gradients (identity on one process)."""
         if not getattr(self, "gather_across_ranks", True) or self._trainer is None or self.trainer.world_size == 1:
             return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+        # not LightningModule.all_gather(sync_grads=True): on gloo its backward (torch's
+        # all_gather autograd, via all_to_all) gave wrong gradients for CMPL's losses
+        return gather_with_grad(x)
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _embed_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:

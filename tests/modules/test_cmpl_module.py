@@ -22,6 +22,36 @@ def tiny_module(**kw) -> CMPLModule:
     )
 
 
+def fixed_batch() -> dict:
+    g = torch.Generator().manual_seed(1)
+    tok = tiny_module().preprocessing().tokenizer
+    texts = ["red brick bank", "red brick bank, green awning", "yellow house", "yellow house, blue door",
+             "grey tower", "grey tower with a clock", "white shop", "white shop, striped awning"]
+    return {"image": torch.randn(8, 3, 32, 32, generator=g), "tokens": tok(texts), "place_id": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+
+
+def test_ddp_losses_see_the_global_batch(tmp_path):
+    """2 gloo ranks with half the batch each compute the same loss (and, after DDP's gradient
+    average, the same gradient) as one process on the whole batch: every term is gathered."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).with_name("ddp_loss_probe.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    m = tiny_module()
+    loss, _ = m.compute_loss(fixed_batch())
+    loss.backward()
+    for r in ranks:
+        assert r["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+        # after DDP's average the gradient is the single-process gradient of the whole batch
+        assert torch.allclose(r["queries_grad"], m.model.queries.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_backbone_and_heads_get_their_own_learning_rates():
     m = tiny_module(lr=1e-4, head_lr=3e-3)
     groups = m.optimizer_groups()
