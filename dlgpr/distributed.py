@@ -24,8 +24,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        # a contiguous buffer: gloo's all_to_all (what torch.distributed.nn.all_gather uses off
-        # NCCL) returned wrong gradients for the strided gradients CMPL's losses produce
+        # a contiguous buffer: torch.distributed.nn.functional.all_gather's backward sends the
+        # incoming gradients through all_to_all as they are, and on gloo non-contiguous ones
+        # (CMPL's losses produce them) came back wrong; made contiguous they are right
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]

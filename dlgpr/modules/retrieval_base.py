@@ -54,7 +54,7 @@ class RetrievalModule(LightningModule):
         if not getattr(self, "gather_across_ranks", True) or self._trainer is None or self.trainer.world_size == 1:
             return x
         # not LightningModule.all_gather(sync_grads=True): on gloo its backward (torch's
-        # all_gather autograd, via all_to_all) gave wrong gradients for CMPL's losses
+        # all_gather autograd, all_to_all of non-contiguous gradients) gave wrong gradients
         return gather_with_grad(x)
 
     # ---- evaluation -----------------------------------------------------------------------------
