@@ -28,6 +28,8 @@ class RetrievalModule(LightningModule):
     callback also scores."""
 
     clip: CLIPBackbone
+    lr: float
+    optim: OptimConfig
     eval_extra_views: tuple[str, ...] = ()
 
     def _init_scale(self, logit_scale: float, learnable: bool) -> None:
@@ -89,9 +91,6 @@ class RetrievalModule(LightningModule):
     def optimizer_groups(self) -> list[dict]:
         """AdamW parameter groups; the default: every parameter at ``self.lr``."""
         return param_groups(list(self.named_parameters()), self.lr, self.optim.weight_decay)
-
-    lr: float
-    optim: OptimConfig
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.optimizer_groups(), lr=self.lr, betas=self.optim.betas, eps=self.optim.eps)
