@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cmpl_module import fixed_batch, tiny_module  # noqa: E402
 
+from dlgpr.modules.cmpl import CMPLModule  # noqa: E402
 
-class Probe(type(tiny_module())):  # CMPLModule
+
+class Probe(CMPLModule):
     def __init__(self, out: str) -> None:
         torch.manual_seed(0)
         ref = tiny_module()
