@@ -58,6 +58,16 @@ def test_rank_of_place_ties_go_to_the_target_whatever_the_gallery_order(backend)
     assert rank_of_place(q[:1], torch.tensor([9]), gallery, torch.tensor([7, 8, 9]), k=2, backend=backend).tolist() == [3]  # not in the list: k + 1
 
 
+def test_rank_of_place_ignores_empty_slots(monkeypatch):
+    # a backend may pad a short list with -1: it must not alias gallery row 0
+    import dlgpr.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[0.9, 0.5]]), torch.tensor([[-1, 1]])))
+    assert rank_of_place(torch.zeros(1, 2), torch.tensor([4]), torch.zeros(2, 2), torch.tensor([4, 8]), k=2).tolist() == [3]
+    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[0.9, 0.5]]), torch.tensor([[-1, 0]])))
+    assert rank_of_place(torch.zeros(1, 2), torch.tensor([4]), torch.zeros(2, 2), torch.tensor([4, 8]), k=2).tolist() == [1]
+
+
 def test_unique_rows_keeps_first_occurrence():
     pid = torch.tensor([3, 1, 3, 2, 1])
     view = torch.tensor([0, 0, 0, 1, 1])

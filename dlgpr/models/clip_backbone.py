@@ -153,11 +153,11 @@ class ClipTokenizer:
             ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
             if len(ids) > self.context_length:
                 ids = ids[: self.context_length - 1] + [tok.eot_token_id]
-                self._count_truncation(len(ids))
+                self._count_truncation()
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
-    def _count_truncation(self, _: int) -> None:
+    def _count_truncation(self) -> None:
         self.truncated += 1
         if self.truncated & (self.truncated - 1) == 0:  # powers of two
             log.warning(

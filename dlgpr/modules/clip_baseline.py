@@ -41,15 +41,10 @@ class CLIPBaselineModule(RetrievalModule):
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        self._init_training(lr, optim, logit_scale, learnable_logit_scale, gather_across_ranks)
         self.save_hyperparameters()
         self.backbone = CLIPBackbone(backbone)
         self.embed_dim = self.backbone.embed_dim
-        self.lr = lr
-        self.optim = optim
-        self._init_scale(logit_scale, learnable_logit_scale)
-        self.gather_across_ranks = gather_across_ranks
 
     @property
     def clip(self) -> CLIPBackbone:  # type: ignore[override]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from dlgpr.losses import CMPLLoss
@@ -53,16 +54,13 @@ class CMPLModule(RetrievalModule):
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__()
-        if lr <= 0 or (head_lr is not None and head_lr <= 0):
-            raise ValueError(f"lr and head_lr must be > 0, got {lr}, {head_lr}")
+        if head_lr is not None and head_lr <= 0:
+            raise ValueError(f"head_lr must be > 0, got {head_lr}")
+        self._init_training(lr, optim, logit_scale, learnable_logit_scale, gather_across_ranks)
         self.save_hyperparameters()
         self.model = CMPL(backbone, cmpl)
         self.loss_fn = loss
-        self.lr = lr
         self.head_lr = head_lr if head_lr is not None else lr
-        self.optim = optim
-        self._init_scale(logit_scale, learnable_logit_scale)
-        self.gather_across_ranks = gather_across_ranks
         self.embed_dim = self.model.retrieval_dim
         self.embed_dims = {"image_emb_global": self.model.embed_dim, "text_emb_global": self.model.embed_dim}
 
@@ -82,8 +80,8 @@ class CMPLModule(RetrievalModule):
         return {
             "image_emb": self.model.retrieval_embedding(image),  # [B, retrieval_dim] the CMPL score
             "text_emb": self.model.retrieval_embedding(text),
-            "image_emb_global": _unit(image.global_),  # [B, D] global similarity alone
-            "text_emb_global": _unit(text.global_),
+            "image_emb_global": F.normalize(image.global_.float(), dim=-1),  # [B, D] global similarity alone
+            "text_emb_global": F.normalize(text.global_.float(), dim=-1),
             "place_id": batch["place_id"],
             "view": batch["view"],
         }
@@ -118,6 +116,3 @@ class CMPLModule(RetrievalModule):
         wd = self.optim.weight_decay
         return param_groups(backbone, self.lr, wd) + param_groups(heads, self.head_lr, wd)
 
-
-def _unit(x: Tensor) -> Tensor:
-    return x.float() / x.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)

@@ -30,11 +30,18 @@ class RetrievalModule(LightningModule):
     clip: CLIPBackbone
     lr: float
     optim: OptimConfig
+    gather_across_ranks: bool
     eval_extra_views: tuple[str, ...] = ()
 
-    def _init_scale(self, logit_scale: float, learnable: bool) -> None:
+    def _init_training(self, lr: float, optim: OptimConfig, logit_scale: float, learnable: bool, gather_across_ranks: bool) -> None:
+        """The settings every retriever module takes: peak lr, optimiser, SDM scale, DDP gather."""
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
         if logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+        self.lr = lr
+        self.optim = optim
+        self.gather_across_ranks = gather_across_ranks
         log_scale = torch.tensor(float(logit_scale)).log()
         if learnable:
             self.log_logit_scale = torch.nn.Parameter(log_scale)
@@ -53,7 +60,7 @@ class RetrievalModule(LightningModule):
     # ---- DDP ------------------------------------------------------------------------------------
     def _gather(self, x: Tensor) -> Tensor:
         """``[B, ...]`` -> ``[world_size * B, ...]`` with gradients (identity on one process)."""
-        if not getattr(self, "gather_across_ranks", True) or self._trainer is None or self.trainer.world_size == 1:
+        if not self.gather_across_ranks or self._trainer is None or self.trainer.world_size == 1:
             return x
         # not LightningModule.all_gather(sync_grads=True): on gloo its backward (torch's
         # all_gather autograd, all_to_all of non-contiguous gradients) gave wrong gradients

@@ -1,7 +1,5 @@
 """CMPL model: token selection, the shared extractor, the retrieval score as an inner product."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,4 +94,3 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="divisible"):
         CMPLConfig(local_dim=30, extractor_heads=4)
     assert CMPLConfig(taps=[4, 1, 4]).taps == [1, 4]
-    assert math.isclose(CMPLConfig().keep_ratio, 0.5)
