@@ -24,6 +24,7 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
 from dlgpr.data.streaming import (
     AugmentConfig,
+    TextAugmentConfig,
     EpochLoader,
     ImageTransform,
     PlaceBatchStream,
@@ -56,6 +57,7 @@ class DQCitiesDataModule(LightningDataModule):
         shard_interleave: shards each training worker reads round-robin (mixes shards written
             in some order, e.g. a city at a time, before they reach the buffer).
         augment: training-time image augmentation.
+        text_augment: training-time text augmentation (dialogue-style queries).
         predict_split: split streamed by ``predict``.
         seed: data order seed; ``None`` follows the run's ``seed_everything``.
     """
@@ -71,6 +73,7 @@ class DQCitiesDataModule(LightningDataModule):
         shuffle_buffer: int = 256,
         shard_interleave: int = 4,
         augment: AugmentConfig = AugmentConfig(),
+        text_augment: TextAugmentConfig = TextAugmentConfig(),
         predict_split: Split = "test",
         seed: int | None = None,
     ) -> None:
@@ -88,6 +91,7 @@ class DQCitiesDataModule(LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.shard_interleave = shard_interleave
         self.augment = augment
+        self.text_augment = text_augment
         self.predict_split = predict_split
         self.seed = seed
         self.manifest: Manifest | None = None
@@ -152,6 +156,7 @@ class DQCitiesDataModule(LightningDataModule):
             num_workers=self.num_workers,
             tokenizer=self.preprocessing.tokenizer,
             seed=self._seed(),
+            text_augment=self.text_augment,
         )
 
     def eval_dataset(self, split: str) -> RecordStream:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -71,6 +72,40 @@ class AugmentConfig:
             raise ValueError(f"augment.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         if self.color_jitter < 0:
             raise ValueError(f"augment.color_jitter must be >= 0, got {self.color_jitter}")
+
+
+@dataclass
+class TextAugmentConfig:
+    """Training-time text augmentation towards the queries a dialogue sends.
+
+    In a dialogue the retriever reads ``d_t = concat(d_0, a_1..a_t)``: a vague caption and a few
+    short answers, not a 150-word description. With probability ``query_prob`` a training text
+    is replaced by the place's initial caption followed by 1..``max_sentences`` sentences of its
+    description, drawn at random (the answers a user could have given).
+    """
+
+    query_prob: float = 0.0
+    """Fraction of training texts replaced by a dialogue-style query (0 keeps full descriptions)."""
+    max_sentences: int = 5
+    """Most description sentences appended to the caption (the paper's 5 rounds)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.query_prob <= 1.0:
+            raise ValueError(f"text_augment.query_prob must be in [0, 1], got {self.query_prob}")
+        if self.max_sentences < 1:
+            raise ValueError(f"text_augment.max_sentences must be >= 1, got {self.max_sentences}")
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def dialogue_style_query(caption: str, description: str, rng: random.Random, max_sentences: int) -> str:
+    """The caption plus 1..``max_sentences`` random sentences of ``description``, in drawn order."""
+    sentences = [s for s in _SENTENCE_END.split(description.strip()) if s]
+    if not sentences:
+        return caption
+    k = rng.randint(1, min(max_sentences, len(sentences)))
+    return " ".join([caption.strip(), *rng.sample(sentences, k)]).strip()
 
 
 class ImageTransform:
@@ -246,8 +281,10 @@ class PlaceBatchStream(_ShardStream):
         name: str = "train",
         seed: int = 0,
         shard_interleave: int = 4,
+        text_augment: TextAugmentConfig | None = None,
     ) -> None:
         super().__init__(data_dir, shards, transform, name, seed)
+        self.text_augment = text_augment
         if shard_interleave < 1:
             raise ValueError("shard_interleave must be >= 1")
         self.shard_interleave = shard_interleave
@@ -333,6 +370,11 @@ class PlaceBatchStream(_ShardStream):
             k = self.views_per_place
             views = rng.sample(unit.samples, k) if len(unit.samples) >= k else rng.choices(unit.samples, k=k)
             items += [_sample_dict(s, self.transform(s.image)) for s in views]
+        aug = self.text_augment
+        if aug is not None and aug.query_prob > 0:
+            for item in items:
+                if rng.random() < aug.query_prob:
+                    item["text"] = dialogue_style_query(item["caption"], item["text"], rng, aug.max_sentences)
         return collate_records(items, self.tokenizer)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -203,3 +203,39 @@ def test_empty_description_is_rejected_with_the_key_and_field_named(tmp_path, ca
     assert ds.last_bad.by_kind() == {"bad_json": 1}
     message = next(r.getMessage() for r in caplog.records if "bad sample" in r.getMessage())
     assert f"{key}: description must be a non-empty string" in message and shard.path in message
+
+
+def test_dialogue_style_query_keeps_caption_and_draws_description_sentences():
+    import random
+
+    from dlgpr.data.streaming import dialogue_style_query
+
+    desc = "The door is red. A bench stands left! Is the roof flat? The facade is blue."
+    sentences = {"The door is red.", "A bench stands left!", "Is the roof flat?", "The facade is blue."}
+    for seed in range(20):
+        q = dialogue_style_query("a red door", desc, random.Random(seed), max_sentences=2)
+        assert q.startswith("a red door ")
+        drawn = [s for s in sentences if s in q]
+        assert 1 <= len(drawn) <= 2
+        assert len(q) == len("a red door") + sum(len(s) + 1 for s in drawn)  # nothing but caption + drawn sentences
+    assert dialogue_style_query("cap", "", random.Random(0), 3) == "cap"
+
+
+def test_text_augment_replaces_the_configured_share_of_texts(tiny_dataset):
+    from dlgpr.data.streaming import TextAugmentConfig
+
+    def texts(prob):
+        dm = _dm(tiny_dataset, text_augment=TextAugmentConfig(query_prob=prob, max_sentences=3))
+        return {k: (t, c) for b in dm.train_dataloader() for k, t, c in zip(b["key"], b["text"], b["caption"])}
+
+    records = {r.key: r for r in _dm(tiny_dataset).records("train")}
+    full = texts(0.0)
+    assert full and all(t == records[k].description for k, (t, _) in full.items())
+    augmented = texts(1.0)
+    assert augmented.keys() == full.keys()
+    for k, (t, c) in augmented.items():
+        assert t != records[k].description and t.startswith(c)
+        rest = t[len(c):].strip()
+        assert rest and all(s in records[k].description for s in rest.split(". ") if s)
+    with pytest.raises(ValueError, match="query_prob"):
+        TextAugmentConfig(query_prob=1.5)
