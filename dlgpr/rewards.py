@@ -56,3 +56,10 @@ def combine_rewards(
         parts[r.name] = values
         total = [t + r.weight * v for t, v in zip(total, values)]
     return total, parts
+
+
+class FormatReward:
+    """:func:`format_reward` as a configurable object (``class_path: dlgpr.rewards.FormatReward``)."""
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
+        return format_reward(prompts, completions, **batch)

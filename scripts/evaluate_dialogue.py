@@ -12,20 +12,17 @@ timings and every per-query transcript) and ``recall.png`` (cumulative R@1 again
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jsonargparse import auto_cli
-from PIL import Image
 
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
-from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, table_markdown
+from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, shard_image_loader, table_markdown
 from dlgpr.dialogue.loop import Gallery, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever
@@ -39,17 +36,6 @@ class QuestionerEntry:
     questioner: Questioner
     top_k: int = 10
     """Candidates shown to this questioner each round."""
-
-
-def _image_loader(data_dir: Path, shard_paths: list[str], keys: list[str]):
-    """``index -> PIL image`` for the gallery, from the shards' JPEG bytes kept in memory."""
-    jpegs: dict[str, bytes] = {}
-    for path in shard_paths:
-        with tarfile.open(data_dir / path) as tar:
-            for m in tar:
-                if m.name.endswith(".jpg"):
-                    jpegs[m.name[: -len(".jpg")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
-    return lambda i: Image.open(io.BytesIO(jpegs[keys[i]])).convert("RGB")
 
 
 def evaluate(
@@ -96,7 +82,7 @@ def evaluate(
     encode_s = time.perf_counter() - start
     if with_images:
         gallery = Gallery(gallery.embeddings, gallery.place_ids, gallery.keys, gallery.descriptions, gallery.attributes,
-                          image_fn=_image_loader(Path(data_dir), [s.path for s in dm.shards(split)], gallery.keys))
+                          image_fn=shard_image_loader(Path(data_dir), [s.path for s in dm.shards(split)], gallery.keys))
     queries = build_queries(records, num_queries, seed)
     retriever = ModuleTextRetriever(module)
     results = {}

@@ -17,6 +17,8 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 TRAIN_CONFIGS = [c for c in CONFIGS if c.parent == ROOT / "configs"]
 EVAL_CONFIGS = [c for c in CONFIGS if c.parent.name == "eval"]
 ABLATION_CONFIGS = [c for c in CONFIGS if c.parent.name == "ablation"]
+OVERRIDE_CONFIGS = [c for c in CONFIGS if c.parent.name == "overrides"]
+BUILD_CONFIGS = [c for c in CONFIGS if c.parent.name == "build"]
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +47,8 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
 
 
 def test_configs_are_all_covered():
-    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) == set(CONFIGS) and TRAIN_CONFIGS and EVAL_CONFIGS
+    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) | set(OVERRIDE_CONFIGS) | set(BUILD_CONFIGS) == set(CONFIGS)
+    assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS
     assert {c.stem for c in ABLATION_CONFIGS} == {"clip77", "baseline", "token_selection", "hsdm", "hi", "full"}
 
 
@@ -72,12 +75,38 @@ def test_every_config_parses(config, monkeypatch, tmp_path):
     assert exc.value.code == 0
 
 
+@pytest.mark.parametrize("config", OVERRIDE_CONFIGS, ids=[c.stem for c in OVERRIDE_CONFIGS])
+def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "configs" / "cmpl.yaml"), "--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+
+
+def test_dialogue_retriever_override_turns_on_dialogue_style_queries(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main([*tiny_args(tmp_path / "d"), "--config", str(ROOT / "configs" / "overrides" / "dqpilot_retriever.yaml")], run=False)
+    assert cli.datamodule.text_augment.query_prob == 0.5 and cli.datamodule.text_augment.max_sentences == 5
+
+
+@pytest.mark.parametrize("config", BUILD_CONFIGS, ids=[c.stem for c in BUILD_CONFIGS])
+def test_every_build_config_parses(config):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_dialogues.py"), "--config", str(config), "--print_config"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OracleTeacherQuestioner" in out.stdout and "prg_threshold" in out.stdout
+
+
 @pytest.mark.parametrize("config", EVAL_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in EVAL_CONFIGS])
 def test_every_eval_config_parses(config):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_dialogue.py"), "--config", str(config), "--ckpt", "x.ckpt", "--print_config"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "OracleTeacherQuestioner" in out.stdout
+    import yaml
+
+    named = [q["questioner"]["class_path"] for q in yaml.safe_load(config.read_text())["questioners"]]
+    assert named and all(c in out.stdout for c in named)
 
 
 def test_embedded_configs_instantiate(monkeypatch, tmp_path):

@@ -23,7 +23,9 @@ from dlgpr.data.schema import PlaceRecord, RecordError
 
 log = logging.getLogger("dlgpr.data")
 
-BAD_KINDS = ("truncated_tar", "bad_image", "bad_json", "missing_member")
+BAD_KINDS = ("truncated_tar", "bad_image", "bad_json", "missing_member", "bad_shard", "unknown_place")
+"""``bad_shard``: a dialogue-turn shard that does not open; ``unknown_place``: a dialogue turn whose
+target or candidate is not in the place shards (``datamodules/dialogue.py``)."""
 
 
 class BadSampleLog:

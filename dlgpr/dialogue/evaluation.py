@@ -8,12 +8,19 @@ cumulative recall against the round.
 
 from __future__ import annotations
 
+import io
 import random
-from typing import Any, Iterable, Sequence
+import tarfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from PIL import Image
 
+from dlgpr.data.reader import BadSampleLog, iter_shard
 from dlgpr.data.schema import PlaceRecord
+from dlgpr.data.shards import read_manifest
+from dlgpr.data.streaming import ImageTransform
 from dlgpr.dialogue.loop import DialogueQuery, DialogueResult, Gallery
 from dlgpr.dialogue.types import Target
 
@@ -51,6 +58,54 @@ def encode_gallery(module: Any, loader: Iterable[dict], records_by_id: dict[tupl
         recs += [records_by_id[(int(p), int(v))] for p, v in zip(batch["place_id"], batch["view"])]
     module.train(was_training)
     return Gallery.from_records(recs, torch.cat(embs))
+
+
+@torch.inference_mode()
+def encode_split_gallery(module: Any, data_dir: str | Path, split: str, batch_size: int = 256, with_images: bool = False) -> Gallery:
+    """Every image of ``split`` in ``data_dir``, embedded with ``module.encode_images``.
+
+    Reads the shards directly, in manifest order, on this process alone (whatever the DDP rank:
+    a reward that re-ranks needs the whole gallery on every rank). Bad samples are skipped and
+    reported once. ``with_images`` keeps the JPEG bytes for vision-language questioners.
+    """
+    data_dir = Path(data_dir)
+    shards = read_manifest(data_dir).split_shards(split)
+    if not shards:
+        raise ValueError(f"{data_dir}: the manifest lists no shard of split {split!r}")
+    transform = ImageTransform(module.preprocessing())
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    bad = BadSampleLog()
+    embs: list[torch.Tensor] = []
+    records: list[PlaceRecord] = []
+    pending: list[torch.Tensor] = []
+    for shard in shards:
+        for sample in iter_shard(data_dir / shard.path, bad, shard.samples):
+            records.append(sample.record)
+            pending.append(transform(sample.image))
+            if len(pending) == batch_size:
+                embs.append(module.encode_images(torch.stack(pending).to(device)).float().cpu())
+                pending = []
+    if pending:
+        embs.append(module.encode_images(torch.stack(pending).to(device)).float().cpu())
+    module.train(was_training)
+    bad.report(f"{data_dir} {split} gallery")
+    if not records:
+        raise ValueError(f"{data_dir}: split {split!r} has no readable image")
+    image_fn = shard_image_loader(data_dir, [s.path for s in shards], [r.key for r in records]) if with_images else None
+    return Gallery.from_records(records, torch.cat(embs), image_fn=image_fn)
+
+
+def shard_image_loader(data_dir: Path, shard_paths: list[str], keys: list[str]) -> Callable[[int], Image.Image]:
+    """``gallery row -> PIL image`` from the shards' JPEG bytes, kept in memory."""
+    jpegs: dict[str, bytes] = {}
+    for path in shard_paths:
+        with tarfile.open(Path(data_dir) / path) as tar:
+            for m in tar:
+                if m.name.endswith(".jpg"):
+                    jpegs[m.name[: -len(".jpg")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    return lambda i: Image.open(io.BytesIO(jpegs[keys[i]])).convert("RGB")
 
 
 def table_markdown(results: dict[str, DialogueResult], report_rounds: Sequence[int] = (3, 5), ks: Sequence[int] = (1, 5)) -> str:

@@ -321,3 +321,35 @@ class SmolLM2Questioner(HFQuestioner):
         directory, gguf = find_smollm2_gguf()
         super().__init__(HFQuestionerConfig(model=directory, gguf_file=gguf, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                             lenient_format=lenient_format, dtype=dtype, max_description_words=40))
+
+
+class DQPilotQuestioner(HFQuestioner):
+    """A policy exported by ``SFTModule`` / ``GRPOModule`` (their ``export_dir``), for evaluation.
+
+    ``path`` is the export directory: full weights, or a LoRA adapter that is merged into its
+    recorded base on load (``dlgpr.models.questioner.load_policy``). The prompt limits must be
+    the ones the policy was trained with (``max_description_words``, ``max_prompt_tokens``).
+    Greedy decoding and the strict DQ-Pilot format by default.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        max_new_tokens: int = 192,
+        batch_size: int = 32,
+        max_description_words: int = 40,
+        max_prompt_tokens: int = 1024,
+        show_images: str = "auto",
+        dtype: str = "float32",
+        device: str = "auto",
+        do_sample: bool = False,
+        temperature: float = 1.0,
+    ) -> None:
+        from dlgpr.models.questioner import PolicyConfig, load_policy
+
+        model, processor = load_policy(PolicyConfig(model=path, dtype=dtype))
+        target = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        config = HFQuestionerConfig(model=path, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device,
+                                    max_description_words=max_description_words, max_prompt_tokens=max_prompt_tokens,
+                                    show_images=show_images, do_sample=do_sample, temperature=temperature)
+        self._bind(model.to(target).eval(), processor, config)

