@@ -108,7 +108,10 @@ class QuestionerModule(LightningModule):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def total_optimizer_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
+        steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ValueError("set trainer.max_steps or trainer.max_epochs: the learning-rate schedule needs a length")
+        return int(steps)
 
     def configure_optimizers(self) -> Any:
         groups = param_groups(self.trainable_parameters(), self.lr, self.optim.weight_decay)
@@ -242,7 +245,12 @@ class GRPOModule(QuestionerModule):
         self._sampler = self.questioner(max_new_tokens=grpo.max_new_tokens, batch_size=1 << 30)
 
     def total_optimizer_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
+        # estimated_stepping_batches counts batches; each rollout makes num_iterations optimiser steps,
+        # but a max_steps limit already counts optimiser steps
+        steps = super().total_optimizer_steps() * self.grpo.num_iterations
+        if self.trainer.max_steps not in (-1, None):
+            steps = min(steps, int(self.trainer.max_steps))
+        return steps
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # corpus turns (text, PIL images): the rollout encodes them on the policy's device
@@ -256,10 +264,14 @@ class GRPOModule(QuestionerModule):
         return [questioner_messages(ex.request, with_images=self.with_images, max_description_words=self.max_description_words) for ex in examples]
 
     @torch.no_grad()
-    def rollout(self, examples: Sequence[Any], group_size: int | None = None, greedy: bool = False) -> Rollout:
-        """Sample ``group_size`` completions per prompt in one batched ``generate`` (KV cache on)."""
+    def rollout(self, examples: Sequence[Any], group_size: int | None = None, greedy: bool = False, for_update: bool = True) -> Rollout:
+        """Sample ``group_size`` completions per prompt in one batched ``generate`` (KV cache on).
+
+        ``for_update=False`` (validation) skips the reference and old-policy log-prob passes.
+        """
         g = group_size or self.grpo.group_size
-        enc = self._sampler.encode(self._messages(examples))
+        messages = self._messages(examples)
+        enc = self._sampler.encode(messages)
         kwargs: dict[str, Any] = {"max_new_tokens": self.grpo.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                                   "eos_token_id": self.tokenizer.eos_token_id, "use_cache": True, "num_return_sequences": g}
         if greedy:
@@ -278,12 +290,14 @@ class GRPOModule(QuestionerModule):
         first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], completion.shape[1], dtype=torch.long))
         mask = (torch.arange(completion.shape[1], device=completion.device)[None, :] <= first[:, None]).long()  # [N, T]
         texts = [self.tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True).strip() for row, m in zip(completion, mask)]
-        vision = _repeat_vision(enc, [len(ex.request.candidates) if self.with_images else 0 for ex in examples], g)
+        # images actually shown per prompt (a candidate without an image is shown as text)
+        images_per_prompt = [sum(part["type"] == "image" for m in msgs for part in m["content"]) for msgs in messages]
+        vision = _repeat_vision(enc, images_per_prompt, g)
         prompt_ids = enc["input_ids"].repeat_interleave(g, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(g, dim=0)
         roll = Rollout(prompt_ids, prompt_mask, completion, mask, texts, vision, None, None)
-        old = self.completion_logp(self.model, roll) if self.grpo.num_iterations > 1 else None
-        ref = self.reference_logp(roll) if self.grpo.beta > 0 else None
+        old = self.completion_logp(self.model, roll) if for_update and self.grpo.num_iterations > 1 else None
+        ref = self.reference_logp(roll) if for_update and self.grpo.beta > 0 else None
         return roll._replace(old_logp=old, ref_logp=ref)
 
     def completion_logp(self, model: torch.nn.Module, roll: Rollout) -> Tensor:
@@ -337,19 +351,21 @@ class GRPOModule(QuestionerModule):
         sched = self.lr_schedulers()
         adv = advantages.to(self.device)
         stats: dict[str, Tensor] = {}
-        for _ in range(self.grpo.num_iterations):
+        for it in range(self.grpo.num_iterations):
             logp = self.completion_logp(self.model, roll)  # [N, T]
             old = roll.old_logp if roll.old_logp is not None else logp.detach()
             loss, stats = grpo_loss(logp, old, roll.ref_logp, adv, roll.completion_mask, self.grpo.epsilon, self.grpo.beta)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite GRPO loss ({float(loss)})")
+                done = f" after {it} of {self.grpo.num_iterations} inner steps" if it else ""
+                raise FloatingPointError(f"non-finite GRPO loss ({float(loss)}){done}")
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             if self.grpo.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable_parameters()], self.grpo.max_grad_norm)
                 if not torch.isfinite(norm):
                     opt.zero_grad(set_to_none=True)
-                    raise FloatingPointError(f"non-finite gradient norm ({float(norm)})")
+                    done = f" after {it} of {self.grpo.num_iterations} inner steps" if it else ""
+                    raise FloatingPointError(f"non-finite gradient norm ({float(norm)}){done}")
                 stats["grad_norm"] = norm.detach()
             opt.step()
             if sched is not None:
@@ -367,7 +383,8 @@ class GRPOModule(QuestionerModule):
             stats = self.grpo_step(roll, scored.advantages)
         except (FloatingPointError, ValueError) as exc:
             self.aborted_steps += 1
-            log.error("GRPO step %d aborted, weights unchanged: %s", self.global_step, exc)
+            # the message says when earlier inner iterations already stepped (num_iterations > 1)
+            log.error("GRPO step %d aborted before this update: %s", self.global_step, exc)
             self.log("train/aborted_steps", float(self.aborted_steps), batch_size=len(batch))
             return None
         t3 = time.perf_counter()
@@ -396,7 +413,7 @@ class GRPOModule(QuestionerModule):
 
     def validation_step(self, batch: list[Any], batch_idx: int) -> None:
         """Greedy replies to held-out prompts, scored by the same rewards (``val/reward/<name>``)."""
-        roll = self.rollout(batch, group_size=1, greedy=True)._replace()
+        roll = self.rollout(batch, group_size=1, greedy=True, for_update=False)
         g = 1
         rep = list(batch)
         batch_kw = {"example": rep, "target": [ex.target for ex in rep], "initial_description": [ex.request.initial_description for ex in rep],
