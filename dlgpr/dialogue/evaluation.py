@@ -61,15 +61,17 @@ def encode_gallery(module: Any, loader: Iterable[dict], records_by_id: dict[tupl
 
 
 @torch.inference_mode()
-def encode_split_gallery(module: Any, data_dir: str | Path, split: str, batch_size: int = 256, with_images: bool = False) -> Gallery:
-    """Every image of ``split`` in ``data_dir``, embedded with ``module.encode_images``.
+def encode_split_gallery(module: Any, data_dir: str | Path, split: str | Sequence[str], batch_size: int = 256, with_images: bool = False) -> Gallery:
+    """Every image of ``split`` (one split or several) in ``data_dir``, embedded with ``module.encode_images``.
 
     Reads the shards directly, in manifest order, on this process alone (whatever the DDP rank:
     a reward that re-ranks needs the whole gallery on every rank). Bad samples are skipped and
     reported once. ``with_images`` keeps the JPEG bytes for vision-language questioners.
     """
     data_dir = Path(data_dir)
-    shards = read_manifest(data_dir).split_shards(split)
+    splits = [split] if isinstance(split, str) else list(split)
+    manifest = read_manifest(data_dir)
+    shards = [s for name in splits for s in manifest.split_shards(name)]
     if not shards:
         raise ValueError(f"{data_dir}: the manifest lists no shard of split {split!r}")
     transform = ImageTransform(module.preprocessing())

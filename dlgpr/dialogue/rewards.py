@@ -31,8 +31,10 @@ class RetrievalGainReward:
 
     Args:
         retriever: checkpoint of the frozen retriever (loaded on first use, on the GPU if there is one).
-        data_dir: place shards whose ``split`` images form the re-ranked gallery.
-        split: gallery split (the corpus' places are the training split's).
+        data_dir: place shards whose ``splits`` images form the re-ranked gallery.
+        splits: gallery splits; they must hold every target the reward sees (training prompts
+            come from the train split, validation prompts from val). A target without an image
+            in the gallery scores 0 and is counted (``target_not_in_gallery``).
         answerer: the simulated user (the SynthCities oracle by default).
         unanswerable: answers that carry no information; they score 0 instead of the noise a
             re-ranking of "I don't know" would give.
@@ -44,7 +46,7 @@ class RetrievalGainReward:
         self,
         retriever: str = "lightning_logs/dqpilot/retriever/checkpoints/last.ckpt",
         data_dir: str = "data/synthcities",
-        split: str = "train",
+        splits: list[str] | None = None,
         answerer: Answerer | None = None,
         unanswerable: list[str] | None = None,
         clamp: bool = True,
@@ -52,7 +54,7 @@ class RetrievalGainReward:
     ) -> None:
         self.retriever_path = retriever
         self.data_dir = data_dir
-        self.split = split
+        self.splits = list(splits) if splits is not None else ["train", "val"]
         self.answerer = answerer if answerer is not None else OracleAnswerer()
         self.unanswerable = {a.strip().lower() for a in (unanswerable if unanswerable is not None else [DONT_KNOW, DONT_REMEMBER])}
         self.clamp = clamp
@@ -80,7 +82,7 @@ class RetrievalGainReward:
                 )
             device = "cuda" if torch.cuda.is_available() else "cpu"
             module = load_retriever(self.retriever_path, map_location=device)
-            self._gallery = encode_split_gallery(module, self.data_dir, self.split, batch_size=self.batch_size)
+            self._gallery = encode_split_gallery(module, self.data_dir, self.splits, batch_size=self.batch_size)
             self._retriever = ModuleTextRetriever(module, batch_size=self.batch_size)
         return self._retriever, self._gallery
 
@@ -110,6 +112,8 @@ class RetrievalGainReward:
                 stats["answer_failures"] += 1
             elif text.lower() in self.unanswerable:
                 stats["unanswerable"] += 1
+            elif gallery.num_positives(target[i].place_id) == 0:
+                stats["target_not_in_gallery"] += 1
             else:
                 informative.append(i)
                 new_turn[i] = Turn(question=questions[i].text, answer=text)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -41,6 +42,10 @@ from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 from dlgpr.rewards import WeightedReward, combine_rewards
 
 log = logging.getLogger("dlgpr.modules")
+
+# GRPO batches are corpus turns, not tensors: its transfer_batch_to_device returning them as they
+# are is the point, not an accident Lightning needs to warn about
+warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
 
 SHOW_IMAGES = ("auto", "always", "never")
 

@@ -96,3 +96,14 @@ def test_unusable_completions_score_zero_without_encoding() -> None:
     reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
     assert call(reward, [UNANSWERABLE]) == [0.0]
     assert reward.last_stats["unanswerable"] == 1 and retriever.calls == []
+
+
+def test_a_target_missing_from_the_gallery_scores_zero_and_is_counted() -> None:
+    # e.g. validation prompts (val places) scored against a train-only gallery
+    retriever = StubRetriever()
+    reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
+    elsewhere = Target(place_id=99, description=TARGET.description, attributes=TARGET.attributes)
+    values = reward([None], [DOOR], target=[elsewhere], initial_description=[D0], history=[HISTORY])
+    assert values == [0.0]
+    assert reward.last_stats["target_not_in_gallery"] == 1 and reward.last_stats["answered"] == 0
+    assert retriever.calls == []
