@@ -21,9 +21,8 @@ Batches depend on the stage, set by the module through :meth:`DialogueDataModule
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -38,6 +37,7 @@ from dlgpr.data.reader import BadSampleLog, iter_records
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import distributed_context
+from dlgpr.dialogue.evaluation import decode_jpeg, read_shard_jpegs
 from dlgpr.dialogue.hf import FALLBACK_CHAT_TEMPLATE
 from dlgpr.dialogue.prompts import flatten_text, questioner_messages
 from dlgpr.dialogue.types import Candidate, QuestionRequest, Target, Turn, format_question
@@ -82,13 +82,10 @@ class PlaceIndex:
                 if r.place_id not in self.first_view or r.view < self.first_view[r.place_id].view:
                     self.first_view[r.place_id] = r
             if with_images:
-                with tarfile.open(self.data_dir / shard.path) as tar:
-                    for m in tar:
-                        if m.name.endswith(".jpg"):
-                            self.jpegs[m.name[: -len(".jpg")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
+                self.jpegs.update(read_shard_jpegs(self.data_dir, [shard.path]))
 
     def image(self, key: str) -> Image.Image:
-        return Image.open(io.BytesIO(self.jpegs[key])).convert("RGB")
+        return decode_jpeg(self.jpegs[key])
 
     def example(self, turn: DialogueTurnRecord, with_images: bool) -> TurnExample | None:
         """The turn as a questioner request; None when a candidate or the target is unknown."""
@@ -317,8 +314,6 @@ class DialogueDataModule(LightningDataModule):
         return out
 
     def _seed(self) -> int:
-        import os
-
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _collate(self) -> Any:

@@ -105,7 +105,7 @@ def write_manifest(data_dir: str | os.PathLike, manifest: Manifest) -> Path:
     return path
 
 
-class _DeterministicTar:
+class DeterministicTar:
     """Minimal tar writer with fixed metadata; members are written in call order."""
 
     def __init__(self, path: Path) -> None:
@@ -150,7 +150,7 @@ def write_split(
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     infos: list[ShardInfo] = []
-    writer: _DeterministicTar | None = None
+    writer: DeterministicTar | None = None
     n_samples = 0
     places: set[int] = set()
     seen_places: set[int] = set()
@@ -172,7 +172,7 @@ def write_split(
         if writer is not None and new_place and n_samples >= max_samples_per_shard:
             close()
         if writer is None:
-            writer = _DeterministicTar(data_dir / f"{split}-{len(infos):05d}.tar")
+            writer = DeterministicTar(data_dir / f"{split}-{len(infos):05d}.tar")
             n_samples = 0
             places = set()
         writer.add(f"{record.key}.jpg", jpeg)

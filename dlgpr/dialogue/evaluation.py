@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import random
-import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,7 +18,7 @@ from PIL import Image
 
 from dlgpr.data.reader import BadSampleLog, iter_shard
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.data.shards import read_manifest
+from dlgpr.data.shards import iter_tar_members, read_manifest
 from dlgpr.data.streaming import ImageTransform
 from dlgpr.dialogue.loop import DialogueQuery, DialogueResult, Gallery
 from dlgpr.dialogue.types import Target
@@ -99,15 +98,24 @@ def encode_split_gallery(module: Any, data_dir: str | Path, split: str | Sequenc
     return Gallery.from_records(records, torch.cat(embs), image_fn=image_fn)
 
 
-def shard_image_loader(data_dir: Path, shard_paths: list[str], keys: list[str]) -> Callable[[int], Image.Image]:
-    """``gallery row -> PIL image`` from the shards' JPEG bytes, kept in memory."""
+def read_shard_jpegs(data_dir: str | Path, shard_paths: Sequence[str]) -> dict[str, bytes]:
+    """``sample key -> JPEG bytes`` of every image in the shards (decoded later, on demand)."""
     jpegs: dict[str, bytes] = {}
     for path in shard_paths:
-        with tarfile.open(Path(data_dir) / path) as tar:
-            for m in tar:
-                if m.name.endswith(".jpg"):
-                    jpegs[m.name[: -len(".jpg")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
-    return lambda i: Image.open(io.BytesIO(jpegs[keys[i]])).convert("RGB")
+        for name, data in iter_tar_members(Path(data_dir) / path):
+            if name.endswith(".jpg"):
+                jpegs[name[: -len(".jpg")]] = data
+    return jpegs
+
+
+def decode_jpeg(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def shard_image_loader(data_dir: Path, shard_paths: list[str], keys: list[str]) -> Callable[[int], Image.Image]:
+    """``gallery row -> PIL image`` from the shards' JPEG bytes, kept in memory."""
+    jpegs = read_shard_jpegs(data_dir, shard_paths)
+    return lambda i: decode_jpeg(jpegs[keys[i]])
 
 
 def table_markdown(results: dict[str, DialogueResult], report_rounds: Sequence[int] = (3, 5), ks: Sequence[int] = (1, 5)) -> str:

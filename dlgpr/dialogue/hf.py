@@ -52,6 +52,7 @@ from transformers import (
 
 from dlgpr.dialogue.prompts import flatten_text, questioner_messages
 from dlgpr.dialogue.types import Question, QuestionRequest, extract_question, parse_question
+from dlgpr.models.questioner import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 """Used for tokenizers without a chat template (base models): ``System: ..\\n\\nUser: ..\\n\\nAssistant:``."""
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHOW_IMAGES = ("auto", "always", "never")
 TOKEN_ALIGNED_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 """Encoder outputs with one entry per prompt token, cut together when a prompt is truncated."""

@@ -247,6 +247,7 @@ class GRPOModule(QuestionerModule):
         if lora is None and grpo.beta > 0:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
             self._reference.append(ref)
+        # encodes a whole rollout batch at once (rollout calls encode and generate itself)
         self._sampler = self.questioner(max_new_tokens=grpo.max_new_tokens, batch_size=1 << 30)
 
     def total_optimizer_steps(self) -> int:
@@ -328,14 +329,14 @@ class GRPOModule(QuestionerModule):
             return self.completion_logp(self.model, roll)
 
     # ---- 2. score -------------------------------------------------------------------------------
-    def score(self, examples: Sequence[Any], roll: Rollout) -> Scored:
-        """Weighted rewards of every completion and their group advantages.
+    def rewards_of(self, examples: Sequence[Any], completions: Sequence[str]) -> tuple[list[float], dict[str, list[float]]]:
+        """Weighted total and per-function rewards of ``completions`` (the G of each prompt contiguous).
 
         Reward functions get ``(prompts, completions, **batch)`` with one entry per completion:
         ``example`` (the corpus turn), ``target``, ``initial_description``, ``history``.
         Raises ``FloatingPointError`` / ``ValueError`` on a non-finite or malformed reward.
         """
-        g = len(roll.completions) // len(examples)
+        g = len(completions) // len(examples)
         rep = [ex for ex in examples for _ in range(g)]
         batch = {
             "example": rep,
@@ -343,10 +344,13 @@ class GRPOModule(QuestionerModule):
             "initial_description": [ex.request.initial_description for ex in rep],
             "history": [ex.request.history for ex in rep],
         }
-        prompts = [ex.request for ex in rep]
-        total, parts = combine_rewards(self.rewards, prompts, roll.completions, **batch)
+        return combine_rewards(self.rewards, [ex.request for ex in rep], completions, **batch)
+
+    def score(self, examples: Sequence[Any], roll: Rollout) -> Scored:
+        """Rewards of every completion (:meth:`rewards_of`) and their group advantages."""
+        total, parts = self.rewards_of(examples, roll.completions)
         rewards = torch.tensor(total, dtype=torch.float32)
-        adv = group_advantages(rewards, g, self.grpo.advantage_epsilon)
+        adv = group_advantages(rewards, len(roll.completions) // len(examples), self.grpo.advantage_epsilon)
         return Scored(rewards, {k: torch.tensor(v) for k, v in parts.items()}, adv)
 
     # ---- 3. policy update -----------------------------------------------------------------------
@@ -419,18 +423,14 @@ class GRPOModule(QuestionerModule):
     def validation_step(self, batch: list[Any], batch_idx: int) -> None:
         """Greedy replies to held-out prompts, scored by the same rewards (``val/reward/<name>``)."""
         roll = self.rollout(batch, group_size=1, greedy=True, for_update=False)
-        g = 1
-        rep = list(batch)
-        batch_kw = {"example": rep, "target": [ex.target for ex in rep], "initial_description": [ex.request.initial_description for ex in rep],
-                    "history": [ex.request.history for ex in rep]}
         try:
-            total, parts = combine_rewards(self.rewards, [ex.request for ex in rep], roll.completions, **batch_kw)
+            total, parts = self.rewards_of(batch, roll.completions)
         except (FloatingPointError, ValueError) as exc:
             log.error("validation batch %d skipped: %s", batch_idx, exc)
             return
-        self.log("val/reward", torch.tensor(total).mean(), prog_bar=True, batch_size=len(rep) * g, sync_dist=True)
+        self.log("val/reward", torch.tensor(total).mean(), prog_bar=True, batch_size=len(batch), sync_dist=True)
         for k, v in parts.items():
-            self.log(f"val/reward/{k}", torch.tensor(v).mean(), batch_size=len(rep) * g, sync_dist=True)
+            self.log(f"val/reward/{k}", torch.tensor(v).mean(), batch_size=len(batch), sync_dist=True)
 
 
 def _repeat_vision(enc: Any, images_per_prompt: list[int], g: int) -> dict[str, Tensor]:

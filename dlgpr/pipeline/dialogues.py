@@ -40,12 +40,13 @@ import torch
 
 from dlgpr.data.reader import BadSampleLog
 from dlgpr.data.schema import PlaceRecord, RecordError
-from dlgpr.data.shards import _DeterministicTar, iter_tar_members
+from dlgpr.data.shards import DeterministicTar, iter_tar_members
 from dlgpr.dialogue.evaluation import build_queries
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
 from dlgpr.metrics import ddi, semantic_ambiguity
 from dlgpr.retrieval import TextRetriever
+from dlgpr.search import topk_search
 
 log = logging.getLogger("dlgpr.pipeline")
 
@@ -194,16 +195,18 @@ def compact_candidate_sets(
     emb = retriever.embed_texts([q.target.description for q in queries]).float()  # [Q, D]
     sets, roles = [], []
     depth = min(len(gallery), 8 * (num_hard_negatives + 1) + 8)
+    _, top = topk_search(emb, gallery.embeddings.float(), depth, backend="torch")  # [Q, depth]: one batched search
+    place_of = gallery.place_ids.tolist()
     for i, q in enumerate(queries):
         rows = by_place.get(q.target.place_id, [])
         if not rows:
             raise ValueError(f"place {q.target.place_id} has no image in the gallery")
         target, positive = rows[0], (rows[1] if len(rows) > 1 else rows[0])
-        order = (gallery.embeddings.float() @ emb[i]).topk(depth).indices.tolist()
         negatives: list[int] = []
-        for r in order:
-            pid = int(gallery.place_ids[r])
-            if pid != q.target.place_id and all(int(gallery.place_ids[n]) != pid for n in negatives):
+        taken = {q.target.place_id}
+        for r in top[i].tolist():
+            if place_of[r] not in taken:  # the best-ranked image of each other place
+                taken.add(place_of[r])
                 negatives.append(r)
             if len(negatives) == num_hard_negatives:
                 break
@@ -247,13 +250,14 @@ def generate_turns(
     prg = result.prg_per_round().float()  # [Q, T]
     stats = {"dialogues": len(queries), "failed_turns": 0, "turns": 0}
     out: list[DialogueTurnRecord] = []
+    difficulty = ddi(sa[:, None].expand_as(prg), prg, config.w_sa, config.w_rid)  # [Q, T]
     for i, q in enumerate(queries):
         answered: list[dict[str, str]] = []
         for t, turn in enumerate(result.turns[i], start=1):
             if turn.failed:
                 stats["failed_turns"] += 1
                 continue
-            d = float(ddi(sa[i : i + 1], prg[i, t - 1 : t], config.w_sa, config.w_rid)[0])
+            d = float(difficulty[i, t - 1])
             out.append(DialogueTurnRecord(
                 key=turn_key(q.target.place_id, t), place_id=q.target.place_id, round=t,
                 initial_description=q.initial_description, history=list(answered),
@@ -329,7 +333,7 @@ def write_turn_shards(out_dir: str | os.PathLike, stage: str, turns: Sequence[Di
     entries = []
     for start in range(0, len(turns), max_per_shard):
         chunk = turns[start : start + max_per_shard]
-        tar = _DeterministicTar(out / f"{stage}-{len(entries):05d}.tar")
+        tar = DeterministicTar(out / f"{stage}-{len(entries):05d}.tar")
         for t in chunk:
             tar.add(f"{t.key}.json", t.to_json())
         digest = tar.close()

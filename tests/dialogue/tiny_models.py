@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from dlgpr.dialogue.types import Candidate, QuestionRequest, Turn
+from dlgpr.models.questioner import CHATML_SPECIAL, CHATML_TEMPLATE  # the corpus tokenizer's ChatML
 
 CORPUS = (
     "<think>The candidates differ in facade colour and in the shop sign.</think>"
@@ -35,16 +36,7 @@ CORPUS = (
 )
 """Sentences the tiny BPE is trained on (its merges only affect how many tokens a text takes)."""
 
-CHATML_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-"""ChatML with string contents, as SmolLM2 and Qwen2.5 use (text-only questioners get flattened messages)."""
 
 VL_CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -17,7 +17,7 @@ from lexical import LexicalRetriever  # noqa: E402
 
 from dlgpr.data.reader import BadSampleLog  # noqa: E402
 from dlgpr.data.schema import PlaceRecord, RecordError, make_key  # noqa: E402
-from dlgpr.data.shards import _DeterministicTar  # noqa: E402
+from dlgpr.data.shards import DeterministicTar  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
 from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
@@ -303,7 +303,7 @@ def test_read_dialogue_manifest_errors_are_one_line(tmp_path):
 
 def test_corrupt_members_are_skipped_and_counted(tmp_path):
     good = [make_turn(1, 1), make_turn(2, 1), make_turn(3, 1)]
-    tar = _DeterministicTar(tmp_path / "sft-00000.tar")
+    tar = DeterministicTar(tmp_path / "sft-00000.tar")
     tar.add(f"{good[0].key}.json", good[0].to_json())
     tar.add("d000000009_r1.json", b"{not json at all")
     tar.add(f"{good[1].key}.json", good[1].to_json())
