@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ class ChatAPIConfig:
     """Most tokens generated per reply."""
     send_images: bool = False
     """Show candidates to the questioner as JPEG images (vision endpoints) instead of their descriptions."""
+    requests_per_minute: float | None = None
+    """Most requests started per minute by this client, retries of the ``openai`` client aside
+    (None: no bound). Hosted APIs enforce such a quota; staying under it avoids 429 storms."""
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -90,6 +94,8 @@ class ChatAPIConfig:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.requests_per_minute is not None and not self.requests_per_minute > 0:
+            raise ValueError(f"requests_per_minute must be > 0 or None, got {self.requests_per_minute}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,26 @@ def _openai_part(part: dict[str, Any]) -> dict[str, Any]:
         return {"type": "text", "text": part["text"]}
     if part["type"] == "image":
         return {"type": "image_url", "image_url": {"url": image_data_url(part["image"])}}
-    raise ValueError(f"unknown message part type {part['type']!r} (expected 'text' or 'image')")
+    if part["type"] == "image_url":  # already encoded (the builder sends the original JPEG bytes)
+        return {"type": "image_url", "image_url": {"url": part["url"]}}
+    raise ValueError(f"unknown message part type {part['type']!r} (expected 'text', 'image' or 'image_url')")
+
+
+class RateLimiter:
+    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart, across threads."""
+
+    def __init__(self, requests_per_minute: float) -> None:
+        self.interval = 60.0 / requests_per_minute
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
 
 
 class ChatClient:
@@ -160,6 +185,7 @@ class ChatClient:
         )
         self._lock = threading.Lock()
         self._usage = ChatUsage()
+        self._limiter = RateLimiter(config.requests_per_minute) if config.requests_per_minute else None
 
     def __repr__(self) -> str:
         return f"ChatClient(base_url={self.config.base_url!r}, model={self.config.model!r})"
@@ -175,6 +201,8 @@ class ChatClient:
 
         Raises ``ValueError`` only for a message part of unknown type (a bug in the caller).
         """
+        if self._limiter is not None:
+            self._limiter.acquire()
         result = self._request(to_openai_messages(messages))
         if not result.ok:
             log.debug("chat request to %s failed: %s", self.config.base_url, result.error)

@@ -32,18 +32,22 @@ import math
 import os
 import random
 import tarfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from dlgpr.data.reader import BadSampleLog
 from dlgpr.data.schema import PlaceRecord, RecordError
-from dlgpr.data.shards import DeterministicTar, iter_tar_members
+from dlgpr.data.reader import iter_records
+from dlgpr.data.shards import DeterministicTar, iter_tar_members, read_manifest
 from dlgpr.dialogue.evaluation import build_queries
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
-from dlgpr.dialogue.types import Answerer, Questioner
+from dlgpr.dialogue.prompts import PROMPT_VERSION, flatten_text, questioner_messages
+from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, Turn, format_question
 from dlgpr.metrics import ddi, semantic_ambiguity
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import topk_search
@@ -426,6 +430,7 @@ def build_split_turns(
     work_dir: str | os.PathLike,
     split: str,
     limit: int | None = None,
+    progress: bool = False,
 ) -> tuple[list[DialogueTurnRecord], dict[str, int]]:
     """All turns of ``split``'s places (the first ``limit`` places if given), chunk by chunk.
 
@@ -440,6 +445,7 @@ def build_split_turns(
     turns: list[DialogueTurnRecord] = []
     totals = {"dialogues": 0, "turns": 0, "failed_turns": 0, "chunks_resumed": 0}
     fingerprint = hashlib.sha256(json.dumps([q.target.place_id for q in queries]).encode()).hexdigest()[:12]
+    bar = tqdm(total=len(queries), desc=f"dialogues/{split}", unit="place", disable=not progress)
     for index, chunk in iter_chunks(queries, config.chunk_places):
         path = _chunk_path(work, f"{split}-{fingerprint}", index)
         if path.is_file():
@@ -449,6 +455,7 @@ def build_split_turns(
             for k in ("dialogues", "turns", "failed_turns"):
                 totals[k] += head[k]
             totals["chunks_resumed"] += 1
+            bar.update(len(chunk))
             continue
         chunk_turns, stats = generate_turns(chunk, gallery, retriever, teacher, answerer, config)
         tmp = path.with_suffix(".tmp")
@@ -458,7 +465,96 @@ def build_split_turns(
         for k in ("dialogues", "turns", "failed_turns"):
             totals[k] += stats[k]
         log.info("%s: chunk %d (%d places) -> %d turns", split, index, len(chunk), len(chunk_turns))
+        bar.update(len(chunk))
+    bar.close()
     return turns, totals
+
+
+def split_records(data_dir: str | os.PathLike, split: str) -> list[PlaceRecord]:
+    """Every place record of ``split`` in a DQ-Cities (or SynthCities) shard folder."""
+    data = Path(data_dir)
+    return [r for s in read_manifest(data).split_shards(split) for r in iter_records(data / s.path)]
+
+
+def tokenizer_texts(turns: Sequence[DialogueTurnRecord], records: dict[str, PlaceRecord], max_description_words: int) -> list[str]:
+    """The text a questioner reads and writes: rendered prompts and the teacher's replies."""
+    out = []
+    for t in turns:
+        req = QuestionRequest(
+            query_id=t.place_id, round=t.round, initial_description=t.initial_description,
+            history=tuple(Turn(h["question"], h["answer"]) for h in t.history),
+            candidates=tuple(Candidate(k, records[k].place_id, records[k].description) for k in t.candidates if k in records),
+        )
+        messages = flatten_text(questioner_messages(req, max_description_words=max_description_words))
+        out += [m["content"] for m in messages] + [format_question(t.think, t.question)]
+    return out
+
+
+def build_corpus(
+    retriever: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    teacher: Questioner,
+    answerer: Answerer,
+    corpus: CorpusConfig,
+    train_split: str = "train",
+    val_split: str | None = "val",
+    limit: int | None = None,
+    val_limit: int | None = None,
+    tokenizer_vocab_size: int = 4096,
+    max_description_words: int = 60,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Dialogues of every place of ``train_split`` (and ``val_split``), PRG/SA/DDI, the DDI split,
+    dialogue-turn shards and manifest in ``out_dir`` (resumable through ``out_dir/work``).
+
+    A teacher with ``bind_records`` (the API teacher's evidence base) gets the place records first.
+    Returns the summary stored in the manifest's ``extra``.
+    """
+    from dlgpr.dialogue.evaluation import encode_split_gallery  # heavy imports, only for a build
+    from dlgpr.models.questioner import train_corpus_tokenizer
+    from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = load_retriever(retriever, map_location=device)
+    text_retriever = ModuleTextRetriever(module)
+    summary: dict[str, Any] = {"retriever": str(retriever), "data_dir": str(data_dir), "prompt_version": PROMPT_VERSION,
+                               "teacher": type(teacher).__name__, "corpus": asdict(corpus)}
+    all_records: dict[str, PlaceRecord] = {}
+    split_turns: dict[str, list[DialogueTurnRecord]] = {}
+    for split, lim in ((train_split, limit), (val_split, val_limit)):
+        if split is None:
+            continue
+        records = split_records(data_dir, split)
+        if not records:
+            raise ValueError(f"{data_dir}: split {split!r} has no place")
+        all_records.update({r.key: r for r in records})
+        if hasattr(teacher, "bind_records"):
+            teacher.bind_records(records)
+        gallery = encode_split_gallery(module, data_dir, split)
+        turns, stats = build_split_turns(records, gallery, text_retriever, teacher, answerer, corpus, out / "work", split, lim, progress)
+        split_turns[split] = turns
+        summary[f"{split}_generation"] = {**stats, **summarize_turns(turns)}
+        log.info("%s: %d dialogues, %d turns (%d failed)", split, stats["dialogues"], stats["turns"], stats["failed_turns"])
+    stages, info = split_by_ddi(split_turns[train_split], corpus)
+    summary["split"] = info
+    shards = []
+    for stage, turns in stages.items():
+        shards += write_turn_shards(out, stage, turns, corpus.max_turns_per_shard)
+    if val_split is not None:
+        val = sorted((_with_stage(t, "val") for t in split_turns[val_split] if t.prg >= corpus.prg_threshold), key=lambda t: t.key)
+        shards += write_turn_shards(out, "val", val, corpus.max_turns_per_shard)
+        summary["val"] = {"turns": len(val)}
+    if tokenizer_vocab_size:
+        texts = tokenizer_texts([t for ts in split_turns.values() for t in ts], all_records, max_description_words)
+        tok = train_corpus_tokenizer(texts, tokenizer_vocab_size)
+        tok.save_pretrained(str(out / "tokenizer"))
+        summary["tokenizer"] = {"vocab_size": len(tok), "dir": str(out / "tokenizer")}
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    write_dialogue_manifest(out, shards, summary)
+    return summary
 
 
 def summarize_turns(turns: Sequence[DialogueTurnRecord]) -> dict[str, Any]:
@@ -477,7 +573,7 @@ def summarize_turns(turns: Sequence[DialogueTurnRecord]) -> dict[str, Any]:
 
 
 __all__ = [
-    "CorpusConfig", "DialogueTurnRecord", "STAGES", "build_split_turns", "candidate_set_ambiguity", "compact_candidate_sets",
+    "CorpusConfig", "DialogueTurnRecord", "STAGES", "build_corpus", "build_split_turns", "split_records", "tokenizer_texts", "candidate_set_ambiguity", "compact_candidate_sets",
     "generate_turns", "read_dialogue_manifest", "read_turns", "split_by_ddi", "summarize_turns", "turn_key",
     "write_dialogue_manifest", "write_turn_shards",
 ]

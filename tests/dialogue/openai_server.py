@@ -18,7 +18,9 @@ number of requests in flight at once is tracked.
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import itertools
 import json
 import re
@@ -89,6 +91,8 @@ class FakeOpenAIServer:
     Attributes:
         schedule: faults of the next arriving requests, in order (``None``: a normal reply).
         policy: once the schedule is empty, the fault of a request given its body, or None.
+        responder: consulted first for the reply text of a request (None: not one it knows), e.g.
+            the DQ-Cities builder's text expansion, answered from the image's hash.
         requests: every request received, retries included, in arrival order.
         max_in_flight: the most requests being handled at once so far.
     """
@@ -98,6 +102,7 @@ class FakeOpenAIServer:
         self.timeout_delay_s = timeout_delay_s
         self.schedule: deque[Fault | None] = deque()
         self.policy: Callable[[dict[str, Any]], Fault | None] | None = None
+        self.responder: Callable[[dict[str, Any]], str | None] | None = None
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -139,6 +144,10 @@ class FakeOpenAIServer:
         return self.policy(body) if self.policy is not None else None
 
     def _reply_text(self, body: dict[str, Any]) -> str:
+        if self.responder is not None:
+            reply = self.responder(body)
+            if reply is not None:
+                return reply
         messages = body.get("messages", [])
         system = next((message_text(m) for m in messages if m.get("role") == "system"), "")
         user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
@@ -231,6 +240,18 @@ class FakeOpenAIServer:
                 self.wfile.write(data)
 
         return Handler
+
+
+def image_sha256s(body: dict[str, Any]) -> list[str]:
+    """sha256 of the bytes of every base64 ``image_url`` in a request, in order."""
+    out = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            url = (part.get("image_url") or {}).get("url", "") if part.get("type") == "image_url" else ""
+            if url.startswith("data:") and "," in url:
+                out.append(hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest())
+    return out
 
 
 def plugir_reply(system: str, user: str) -> str | None:

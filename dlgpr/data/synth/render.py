@@ -139,7 +139,10 @@ class _Canvas:
 
     def px(self, box: Box) -> tuple[float, float, float, float]:
         s = self.side
-        return (box[0] * s, box[1] * s, box[2] * s - 1, box[3] * s - 1)
+        # The -1 makes the far edge inclusive; at small sides a part thinner than a pixel would end
+        # before it starts (PIL rejects that), so it is clamped to one pixel. Wider parts are unchanged.
+        x0, y0 = box[0] * s, box[1] * s
+        return (x0, y0, max(x0, box[2] * s - 1), max(y0, box[3] * s - 1))
 
     def rect(self, box: Box, fill: RGB, outline: RGB | None = None) -> None:
         self.draw.rectangle(self.px(box), fill=fill, outline=outline, width=self.line_w)
