@@ -215,8 +215,9 @@ def test_class_count_follows_the_phrases(grounder: YOLOWorldGrounder, images: li
     assert grounder.detector.model[-1].nc == 1
 
 
-def test_ground_many_batches_like_one_by_one(grounder: YOLOWorldGrounder, images: list[Image.Image]) -> None:
+def test_ground_many_batches_like_one_by_one(grounder: YOLOWorldGrounder, images: list[Image.Image], monkeypatch: pytest.MonkeyPatch) -> None:
     phrase_lists = [PHRASES, ["a tree"], []]
+    monkeypatch.setattr(grounder.config, "image_batch", 3)  # one forward for all three (default is 1 on a CPU)
     batched = grounder.ground_many([images[0], images[1], images[0]], phrase_lists)
     single = [grounder.ground(image, phrases) for image, phrases in zip([images[0], images[1], images[0]], phrase_lists)]
     assert [[g.phrase for g in r] for r in batched] == [[g.phrase for g in r] for r in single]
