@@ -187,9 +187,11 @@ def run_regions_stage(images: Sequence[GSVImage], texts: dict[str, dict[str, Any
                     loaded.append((im, raw.convert("RGB"), ph))
             except OSError as exc:  # unreadable image: a failed item, retried by the next run
                 results[im.key] = {"key": im.key, "ok": False, "error": f"bad_image:{type(exc).__name__}"}
-        # one batched detector pass per image_batch images (each image with its own phrases)
-        grounded_all = grounder.ground_many([image for _, image, _ in loaded], [ph for _, _, ph in loaded])
+        grounded_all = _ground_batch(grounder, loaded)
         for (im, _, ph), grounded in zip(loaded, grounded_all):
+            if isinstance(grounded, Exception):
+                results[im.key] = {"key": im.key, "ok": False, "error": f"grounding_error:{type(grounded).__name__}"}
+                continue
             try:
                 regions = [r.to_dict() for r in to_regions(grounded)]
             except RecordError as exc:  # a box the schema rejects
@@ -207,6 +209,23 @@ def run_regions_stage(images: Sequence[GSVImage], texts: dict[str, dict[str, Any
     bar.close()
     stats.extra = {"phrases": n_phrases, "regions": n_regions}
     return stats
+
+
+def _ground_batch(grounder: YOLOWorldGrounder, loaded: list[tuple[GSVImage, Image.Image, list[str]]]) -> list[Any]:
+    """Grounding of each loaded image: one batched call, or image by image when the batch fails,
+    so one image the detector cannot take (an exception instead of its result) fails alone."""
+    try:
+        return list(grounder.ground_many([image for _, image, _ in loaded], [ph for _, _, ph in loaded]))
+    except (RuntimeError, ValueError) as exc:
+        log.warning("regions: a batch of %d images failed (%s); grounding them one by one", len(loaded), type(exc).__name__)
+    out: list[Any] = []
+    for im, image, ph in loaded:
+        try:
+            out.append(grounder.ground(image, ph))
+        except (RuntimeError, ValueError) as exc:
+            log.warning("regions: %s: %s: %s", im.key, type(exc).__name__, exc)
+            out.append(exc)
+    return out
 
 
 # ---- places ----------------------------------------------------------------------------------------

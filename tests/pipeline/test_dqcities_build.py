@@ -31,6 +31,7 @@ from dlgpr.pipeline.dialogues import CorpusConfig, read_turns  # noqa: E402
 from dlgpr.pipeline.dqcities import DialoguesConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary  # noqa: E402
 from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder  # noqa: E402
 from dlgpr.pipeline.regions import GroundingConfig  # noqa: E402
+from dlgpr.pipeline.store import ItemStore  # noqa: E402
 from dlgpr.pipeline.text import RetryPolicy, TextExpansionConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,3 +268,43 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("build_dqcities:") and "Dataframes" in last
+
+
+def test_regions_stage_counts_bad_images_and_grounding_failures_and_a_rerun_retries_them(tmp_path, monkeypatch):
+    from dlgpr.pipeline import dqcities
+    from dlgpr.pipeline.gsv import scan_gsv_cities
+    from dlgpr.pipeline.regions import GroundedPhrase
+
+    world = World(tmp_path, cities=1, places=2)
+    images = scan_gsv_cities(world.gsv, SplitConfig()).images
+    source = {r.key: r for r in world.written.values()}
+    texts = {im.key: {"description": source[im.key].description} for im in images}
+    truncated = images[0].path.read_bytes()
+    images[0].path.write_bytes(truncated[:200])
+    calls = Counter()
+
+    class FlakyGrounder:
+        """The batched call always fails; the second single-image call of the first run fails."""
+
+        def __init__(self, config: GroundingConfig) -> None:
+            pass
+
+        def ground_many(self, images, phrases):
+            raise RuntimeError("out of memory")
+
+        def ground(self, image, phrases):
+            calls["ground"] += 1
+            if calls["ground"] == 2:
+                raise RuntimeError("bad image for the detector")
+            return [GroundedPhrase(p, (0.1, 0.2, 0.5, 0.6), 0.9) for p in phrases]
+
+    monkeypatch.setattr(dqcities, "YOLOWorldGrounder", FlakyGrounder)
+    stats = dqcities.run_regions_stage(images, texts, regions_config(), tmp_path / "out", progress=False)
+    assert (stats.items, stats.done, stats.failed) == (4, 2, 2)
+    assert dict(stats.failures) == {"bad_image": 1, "grounding_error": 1}
+    images[0].path.write_bytes(truncated)  # the file is repaired: the rerun retries the two failures only
+    again = dqcities.run_regions_stage(images, texts, regions_config(), tmp_path / "out", progress=False)
+    assert (again.resumed, again.done, again.failed) == (2, 2, 0)
+    done = ItemStore(tmp_path / "out" / "work" / "regions.jsonl").done()
+    assert set(done) == {im.key for im in images}
+    assert all(r["box"] == [0.1, 0.2, 0.5, 0.6] for d in done.values() for r in d["regions"]) and all(d["phrases"] for d in done.values())
