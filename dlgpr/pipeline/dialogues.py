@@ -164,6 +164,9 @@ class CorpusConfig:
     """Share of high-DDI turns in the GRPO stage."""
     chunk_places: int = 200
     """Places per resumable work chunk."""
+    retry_failed: bool = True
+    """A rerun redoes, whole, the dialogues of a finished chunk that have a failed turn (an API
+    error after the client's retries, a reply out of format); the chunk's other dialogues are kept."""
     max_turns_per_shard: int = 2000
     seed: int = 0
 
@@ -252,7 +255,7 @@ def generate_turns(
     result = run_dialogue(retriever, teacher, answerer, queries, gallery, rounds=config.rounds,
                           top_k=max(len(s) for s in sets), candidate_sets=sets)
     prg = result.prg_per_round().float()  # [Q, T]
-    stats = {"dialogues": len(queries), "failed_turns": 0, "turns": 0}
+    stats: dict[str, Any] = {"dialogues": len(queries), "failed_turns": 0, "turns": 0, "failed_by_place": {}}
     out: list[DialogueTurnRecord] = []
     difficulty = ddi(sa[:, None].expand_as(prg), prg, config.w_sa, config.w_rid)  # [Q, T]
     for i, q in enumerate(queries):
@@ -260,6 +263,8 @@ def generate_turns(
         for t, turn in enumerate(result.turns[i], start=1):
             if turn.failed:
                 stats["failed_turns"] += 1
+                key = str(q.target.place_id)  # JSON object keys are strings
+                stats["failed_by_place"][key] = stats["failed_by_place"].get(key, 0) + 1
                 continue
             d = float(difficulty[i, t - 1])
             out.append(DialogueTurnRecord(
@@ -443,24 +448,28 @@ def build_split_turns(
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     turns: list[DialogueTurnRecord] = []
-    totals = {"dialogues": 0, "turns": 0, "failed_turns": 0, "chunks_resumed": 0}
+    totals = {"dialogues": 0, "turns": 0, "failed_turns": 0, "chunks_resumed": 0, "dialogues_redone": 0}
     fingerprint = hashlib.sha256(json.dumps([q.target.place_id for q in queries]).encode()).hexdigest()[:12]
     bar = tqdm(total=len(queries), desc=f"dialogues/{split}", unit="place", disable=not progress)
     for index, chunk in iter_chunks(queries, config.chunk_places):
         path = _chunk_path(work, f"{split}-{fingerprint}", index)
         if path.is_file():
             lines = path.read_text().splitlines()
-            head = json.loads(lines[0])
-            turns += [DialogueTurnRecord.from_json(line) for line in lines[1:]]
+            stats = json.loads(lines[0])
+            chunk_turns = [DialogueTurnRecord.from_json(line) for line in lines[1:]]
+            failed_places = {int(p) for p in stats.get("failed_by_place", {})}
+            if config.retry_failed and failed_places:
+                chunk_turns, stats = _redo_failed_dialogues(chunk, chunk_turns, stats, failed_places, gallery, retriever, teacher, answerer, config)
+                _write_chunk(path, stats, chunk_turns)
+                totals["dialogues_redone"] += len(failed_places)
+            turns += chunk_turns
             for k in ("dialogues", "turns", "failed_turns"):
-                totals[k] += head[k]
+                totals[k] += stats[k]
             totals["chunks_resumed"] += 1
             bar.update(len(chunk))
             continue
         chunk_turns, stats = generate_turns(chunk, gallery, retriever, teacher, answerer, config)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join([json.dumps(stats)] + [t.to_json().decode() for t in chunk_turns]) + "\n")
-        os.replace(tmp, path)
+        _write_chunk(path, stats, chunk_turns)
         turns += chunk_turns
         for k in ("dialogues", "turns", "failed_turns"):
             totals[k] += stats[k]
@@ -468,6 +477,29 @@ def build_split_turns(
         bar.update(len(chunk))
     bar.close()
     return turns, totals
+
+
+def _write_chunk(path: Path, stats: dict[str, Any], turns: Sequence[DialogueTurnRecord]) -> None:
+    # temporary name + rename: a chunk file is complete or absent, whenever the process dies
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join([json.dumps(stats)] + [t.to_json().decode() for t in turns]) + "\n")
+    os.replace(tmp, path)
+
+
+def _redo_failed_dialogues(
+    chunk: Sequence[DialogueQuery], turns: list[DialogueTurnRecord], stats: dict[str, Any], failed: set[int],
+    gallery: Gallery, retriever: TextRetriever, teacher: Questioner, answerer: Answerer, config: CorpusConfig,
+) -> tuple[list[DialogueTurnRecord], dict[str, Any]]:
+    """The chunk with the dialogues of ``failed`` places generated again, whole: a failed turn
+    changed every turn after it, so no turn of such a dialogue is kept."""
+    redo = [q for q in chunk if q.target.place_id in failed]
+    new_turns, new_stats = generate_turns(redo, gallery, retriever, teacher, answerer, config)
+    order = {q.target.place_id: i for i, q in enumerate(chunk)}
+    merged = sorted([t for t in turns if t.place_id not in failed] + new_turns, key=lambda t: (order[t.place_id], t.round))
+    by_place = {p: n for p, n in stats.get("failed_by_place", {}).items() if int(p) not in failed}
+    by_place.update(new_stats["failed_by_place"])
+    out = {"dialogues": stats["dialogues"], "turns": len(merged), "failed_turns": sum(by_place.values()), "failed_by_place": by_place}
+    return merged, out
 
 
 def split_records(data_dir: str | os.PathLike, split: str) -> list[PlaceRecord]:

@@ -333,6 +333,8 @@ def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, limit
         if split is not None:
             g = corpus[f"{split}_generation"]
             stats.items += g["dialogues"]
+            stats.extra[f"{split}_dialogues_redone"] = g["dialogues_redone"]
+            stats.extra[f"{split}_chunks_resumed"] = g["chunks_resumed"]
             stats.done += g["turns"]
             stats.failed += g["failed_turns"]
             if g["failed_turns"]:
@@ -344,7 +346,7 @@ def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, limit
         stats.completion_tokens += u.completion_tokens
         if u.failures:
             stats.failures["api_request"] += u.failures
-    stats.extra = {"split": corpus["split"], "val": corpus.get("val", {})}
+    stats.extra.update({"split": corpus["split"], "val": corpus.get("val", {})})
     return stats
 
 

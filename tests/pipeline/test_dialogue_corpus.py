@@ -23,7 +23,7 @@ from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
 from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence  # noqa: E402
-from dlgpr.dialogue.types import Target, Turn  # noqa: E402
+from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
 from dlgpr.metrics import prg as prg_metric  # noqa: E402
 from dlgpr.pipeline.dialogues import (  # noqa: E402
     DIALOGUE_FORMAT,
@@ -442,6 +442,44 @@ class CountingTeacher:
         return self.inner.ask(requests)
 
 
+class FailingOnceTeacher(CountingTeacher):
+    """Fails round 2 of the dialogues of ``fail_places`` (an API error after the client's retries)."""
+
+    def __init__(self, fail_places: set[int]) -> None:
+        super().__init__()
+        self.fail_places = fail_places
+
+    def ask(self, requests):
+        out = super().ask(requests)
+        return [Question(text="", ok=False, error="api_error:APITimeoutError") if r.round == 2 and r.query_id in self.fail_places else q
+                for r, q in zip(requests, out)]
+
+
+def test_a_rerun_redoes_only_the_dialogues_with_a_failed_turn(tiny_world, tmp_path):
+    records, gallery, retriever = tiny_world
+    config = CorpusConfig(rounds=3, num_hard_negatives=2, chunk_places=3)
+    reference, _ = build_split_turns(records, gallery, retriever, CountingTeacher(), OracleAnswerer(), config, tmp_path / "ref", "train")
+    flaky = FailingOnceTeacher(fail_places={1, 4})  # query ids: the 2nd place of chunks 0 and 1
+    turns, totals = build_split_turns(records, gallery, retriever, flaky, OracleAnswerer(), config, tmp_path / "w", "train")
+    assert totals["failed_turns"] == 2 and totals["turns"] == 8 * 3 - 2
+    failed_places = {t.place_id for t in reference} - {t.place_id for t in turns if t.round == 2}
+    assert len(failed_places) == 2
+
+    good = CountingTeacher()
+    redone, totals2 = build_split_turns(records, gallery, retriever, good, OracleAnswerer(), config, tmp_path / "w", "train")
+    assert good.requests == 2 * 3  # the two dialogues, whole; nothing else asked again
+    assert totals2["dialogues_redone"] == 2 and totals2["failed_turns"] == 0 and totals2["turns"] == 8 * 3
+    assert [asdict(t) for t in redone] == [asdict(t) for t in reference]  # same turns, same order
+    third = CountingTeacher()
+    build_split_turns(records, gallery, retriever, third, OracleAnswerer(), config, tmp_path / "w", "train")
+    assert third.requests == 0  # the repaired chunks were written back
+
+    no_retry = CountingTeacher()
+    build_split_turns(records, gallery, retriever, FailingOnceTeacher({0}), OracleAnswerer(), config, tmp_path / "x", "train")
+    _, totals4 = build_split_turns(records, gallery, retriever, no_retry, OracleAnswerer(), replace(config, retry_failed=False), tmp_path / "x", "train")
+    assert no_retry.requests == 0 and totals4["failed_turns"] == 1
+
+
 def test_generate_turns_records(tiny_world):
     records, gallery, retriever = tiny_world
     from dlgpr.dialogue.evaluation import build_queries
@@ -450,7 +488,7 @@ def test_generate_turns_records(tiny_world):
     assert len(queries) == 8
     config = CorpusConfig(rounds=3, num_hard_negatives=2, w_sa=0.4, w_rid=0.6, sa_alpha=0.5)
     turns, stats = generate_turns(queries, gallery, retriever, OracleTeacherQuestioner(), OracleAnswerer(), config)
-    assert stats == {"dialogues": 8, "failed_turns": 0, "turns": 24}
+    assert stats == {"dialogues": 8, "failed_turns": 0, "turns": 24, "failed_by_place": {}}
     assert len(turns) == 24
     sets, roles = compact_candidate_sets(queries, gallery, retriever, 2, config.seed)
     by_place: dict[int, list[DialogueTurnRecord]] = {}
@@ -496,7 +534,7 @@ def test_build_split_turns_resumes_from_chunks(tiny_world, tmp_path):
     config = CorpusConfig(rounds=2, num_hard_negatives=2, chunk_places=3)
     teacher = CountingTeacher()
     turns, totals = build_split_turns(records, gallery, retriever, teacher, OracleAnswerer(), config, tmp_path, "train")
-    assert totals == {"dialogues": 8, "turns": 16, "failed_turns": 0, "chunks_resumed": 0}
+    assert totals == {"dialogues": 8, "turns": 16, "failed_turns": 0, "chunks_resumed": 0, "dialogues_redone": 0}
     assert teacher.requests == 8 * 2  # one request per place and round
     chunks = sorted(tmp_path.glob("train-*.jsonl"))
     assert len(chunks) == 3  # 8 places in chunks of 3, 3, 2

@@ -205,6 +205,10 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         assert stage["requests"] == 60 and len(server.requests) == 60 + rate_limited  # each 429 retried by the client
         teacher_prompts = [message_text(r.body["messages"][1]) for r in server.requests if "<question>" in message_text(r.body["messages"][0])]
         assert teacher_prompts and all("regions:" in p for p in teacher_prompts)  # the evidence base reaches the teacher
+        before = len(server.requests)
+        rerun = build_dqcities(str(world.gsv), str(out), stages=["dialogues"], split=world.split(), retriever=str(ckpt),
+                               dialogues=dialogues, progress=False)
+        assert len(server.requests) == before and rerun["stages"]["dialogues"]["requests"] == 0  # every chunk resumed
     manifest = json.loads((out / "dialogues" / "manifest.json").read_text())
     assert manifest["counts"]["sft"]["turns"] > 0 and manifest["counts"]["val"]["turns"] == 15
     turns = read_turns(out / "dialogues", ["sft", "grpo", "val"])
