@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -232,7 +232,7 @@ def _ground_batch(grounder: YOLOWorldGrounder, loaded: list[tuple[GSVImage, Imag
 
 
 def write_places(images: Sequence[GSVImage], texts: dict[str, dict[str, Any]], regions: dict[str, dict[str, Any]],
-                 places_dir: Path, max_samples_per_shard: int, extra: dict[str, Any]) -> StageStats:
+                 places_dir: Path, max_samples_per_shard: int, extra: dict[str, Any], progress: bool = False) -> StageStats:
     """DQ-Cities place shards of every image whose text succeeded (its regions when it has them)."""
     stats = StageStats("places", items=len(images))
     by_split: dict[str, list[tuple[PlaceRecord, Path]]] = {}
@@ -253,12 +253,21 @@ def write_places(images: Sequence[GSVImage], texts: dict[str, dict[str, Any]], r
     for old in places_dir.glob("*.tar"):
         old.unlink()
     shards = []
+    bar = tqdm(total=stats.done, desc="places", unit="img", disable=not progress)
     for split in sorted(by_split):
-        shards += write_split(places_dir, split, ((rec, path.read_bytes()) for rec, path in by_split[split]), max_samples_per_shard)
+        samples = ((rec, path.read_bytes()) for rec, path in bar_iter(by_split[split], bar))
+        shards += write_split(places_dir, split, samples, max_samples_per_shard)
+    bar.close()
     manifest = Manifest(name=DATASET_NAME, shards=shards, extra=extra)
     write_manifest(places_dir, manifest)
     stats.extra = {"counts": manifest.counts()}
     return stats
+
+
+def bar_iter(items: Sequence[Any], bar: tqdm) -> Iterator[Any]:
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 # ---- the build -------------------------------------------------------------------------------------
@@ -312,7 +321,7 @@ def build_dqcities(
         extra = {"builder": "dlgpr.pipeline.dqcities", "gsv_root": str(gsv_root), "cities": scan.cities,
                  "text_model": text.api.model, "prompt_versions": sorted({t.get("prompt_version", "") for t in texts.values()}),
                  "split": asdict(split)}
-        timed("places", lambda: write_places(images, texts, grounded, out / "places", max_samples_per_shard, extra))
+        timed("places", lambda: write_places(images, texts, grounded, out / "places", max_samples_per_shard, extra, progress))
     if "dialogues" in stages:
         if retriever is None:
             summary["stages"]["dialogues"] = StageStats("dialogues", skipped="no retriever: train one on places/ and pass --retriever").as_dict()
@@ -352,7 +361,8 @@ def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, limit
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table: one line per stage."""
-    lines = [f"DQ-Cities build: {summary['images']} images of {summary['places']} places in {len(summary['cities'])} cities "
+    n_cities = len(summary["cities"])
+    lines = [f"DQ-Cities build: {summary['images']} images of {summary['places']} places in {n_cities} {'city' if n_cities == 1 else 'cities'} "
              f"({summary['seconds']:.0f} s); scan skipped {summary['scan_skipped'] or 'nothing'}"]
     lines.append(f"{'stage':<10}{'items':>8}{'resumed':>9}{'done':>8}{'failed':>8}{'requests':>10}{'tokens in':>11}{'tokens out':>11}{'s':>9}  failures")
     for name, s in summary["stages"].items():
