@@ -73,6 +73,10 @@ class TeacherConfig:
     max_regions: int = 12
     """Regions listed per candidate."""
 
+    def __post_init__(self) -> None:
+        if self.max_regions < 0:
+            raise ValueError(f"dialogues.teacher.max_regions must be >= 0, got {self.max_regions}")
+
 
 @dataclass
 class DialoguesConfig:
@@ -89,6 +93,15 @@ class DialoguesConfig:
     tokenizer_vocab_size: int = 4096
     """Byte-level BPE trained on the corpus for the from-scratch questioner (0: none)."""
     max_description_words: int = 40
+    """Candidate descriptions cut to this many words in the tokenizer's texts (the questioner's prompt cut)."""
+
+    def __post_init__(self) -> None:
+        if self.val_limit is not None and self.val_limit < 1:
+            raise ValueError(f"dialogues.val_limit must be >= 1 or null, got {self.val_limit}")
+        if self.tokenizer_vocab_size < 0 or self.max_description_words < 1:
+            raise ValueError("dialogues: tokenizer_vocab_size must be >= 0 and max_description_words >= 1")
+        if self.train_split == self.val_split:
+            raise ValueError(f"dialogues: train_split and val_split are both {self.train_split!r}")
 
 
 def _failure_kind(error: str) -> str:
@@ -98,6 +111,8 @@ def _failure_kind(error: str) -> str:
 
 @dataclass
 class StageStats:
+    """What one stage did in this run (a row of the summary)."""
+
     name: str
     items: int = 0
     resumed: int = 0
