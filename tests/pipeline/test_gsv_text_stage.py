@@ -238,3 +238,22 @@ def test_an_unreadable_image_is_a_failed_item_not_a_crash(gsv, tmp_path):
 
     result = TextExpander(TextExpansionConfig(api=ChatAPIConfig(base_url="http://127.0.0.1:9/v1")), tmp_path / "c")(replace(im, path=broken))
     assert result["ok"] is False and result["error"].startswith("bad_image") and result["attempts"] == 0
+
+
+def test_image_payload_sends_the_file_or_a_resized_copy(gsv):
+    import base64
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from dlgpr.pipeline.text import image_payload
+
+    root, _ = gsv
+    path = next(root.rglob("*.jpg"))
+    digest, url = image_payload(path, None)
+    sent = base64.b64decode(url.split(",", 1)[1])
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest() and sent == path.read_bytes()  # the file's own bytes
+    digest2, url2 = image_payload(path, 32)
+    small = Image.open(io.BytesIO(base64.b64decode(url2.split(",", 1)[1])))
+    assert digest2 == digest and max(small.size) == 32  # the cache key stays the original's hash
