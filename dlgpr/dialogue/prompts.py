@@ -38,7 +38,8 @@ def _truncate_words(text: str, max_words: int) -> str:
     return text if len(words) <= max_words else " ".join(words[:max_words]) + " ..."
 
 
-def _history_text(req: QuestionRequest | AnswerRequest) -> str:
+def history_text(req: QuestionRequest | AnswerRequest) -> str:
+    """The answered turns as ``Q1: ..\nA1: ..`` lines (failed turns left out)."""
     turns = [t for t in req.history if not t.failed]
     if not turns:
         return "(no questions asked yet)"
@@ -52,7 +53,7 @@ def questioner_messages(req: QuestionRequest, with_images: bool = False, max_des
     otherwise as its description, cut to ``max_description_words`` words (text-only models).
     """
     parts: list[dict[str, Any]] = [
-        {"type": "text", "text": f"Description: {req.initial_description}\n\nDialogue so far:\n{_history_text(req)}\n\nTop candidates:"}
+        {"type": "text", "text": f"Description: {req.initial_description}\n\nDialogue so far:\n{history_text(req)}\n\nTop candidates:"}
     ]
     for i, cand in enumerate(req.candidates):
         if with_images and cand.image is not None:

@@ -146,11 +146,6 @@ class StageStats:
         return d
 
 
-def _progress(desc: str, total: int, enabled: bool) -> tuple[tqdm, Callable[[dict[str, Any]], None]]:
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled)
-    return bar, lambda result: bar.update(1)
-
-
 # ---- stage 1 ---------------------------------------------------------------------------------------
 
 
@@ -161,11 +156,11 @@ def run_text_stage(images: Sequence[GSVImage], config: TextExpansionConfig, out:
     todo = [im for im in images if im.key not in done]
     stats.resumed = len(images) - len(todo)
     expander = TextExpander(config, out / "cache" / "text", seed=seed)
-    bar, tick = _progress("text", len(todo), progress)
+    bar = tqdm(total=len(todo), desc="text", unit="img", disable=not progress)
 
     def on_result(result: dict[str, Any]) -> None:
         stats.count(result)
-        tick(result)
+        bar.update(1)
 
     try:
         run_items(todo, expander, store, config.api.max_concurrency, on_result)
@@ -341,17 +336,18 @@ def build_dqcities(
         if retriever is None:
             summary["stages"]["dialogues"] = StageStats("dialogues", skipped="no retriever: train one on places/ and pass --retriever").as_dict()
         else:
-            timed("dialogues", lambda: run_dialogue_stage(out, retriever, dialogues, limit=None, progress=progress))
+            timed("dialogues", lambda: run_dialogue_stage(out, retriever, dialogues, progress))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     return summary
 
 
-def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, limit: int | None, progress: bool) -> StageStats:
+def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, progress: bool) -> StageStats:
+    """Stages 3-4 over every place of ``out/places`` (``--limit`` already shaped them)."""
     teacher = EvidenceTeacherQuestioner(config.teacher.api, config.teacher.prompt, config.teacher.max_regions)
     user = LLMAnswerer(config.user)
     corpus = build_corpus(retriever, out / "places", out / "dialogues", teacher, user, config.corpus, config.train_split,
-                          config.val_split, limit, config.val_limit, config.tokenizer_vocab_size, config.max_description_words, progress)
+                          config.val_split, None, config.val_limit, config.tokenizer_vocab_size, config.max_description_words, progress)
     stats = StageStats("dialogues")
     for split in (config.train_split, config.val_split):
         if split is not None:

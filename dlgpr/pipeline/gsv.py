@@ -222,7 +222,8 @@ def export_gsv_folder(data_dir: str | os.PathLike, root: str | os.PathLike) -> d
             record = PlaceRecord.from_json(blob)
             place = record.place_id % PLACE_ID_STRIDE
             year, month, northdeg = 2010 + record.view, 1 + record.view % 12, (90 * record.view) % 360
-            panoid = hashlib.sha1(record.key.encode()).hexdigest()[:10] + "_" + hashlib.sha1(record.key.encode()).hexdigest()[10:21]
+            h = hashlib.sha1(record.key.encode()).hexdigest()
+            panoid = f"{h[:10]}_{h[10:21]}"
             file_name = gsv_image_name(record.city, place, year, month, northdeg, record.lat, record.lon, panoid)
             folder = root / "Images" / record.city
             folder.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from dlgpr.data.schema import PlaceRecord, Region
 from dlgpr.dialogue.api import APIQuestioner, ChatAPIConfig
+from dlgpr.dialogue.prompts import history_text
 from dlgpr.dialogue.types import Question, QuestionRequest
 from dlgpr.pipeline.text import PromptFile
 
@@ -48,11 +49,9 @@ class EvidenceTeacherQuestioner(APIQuestioner):
         self._regions.update({r.key: r.regions for r in records})
 
     def messages(self, req: QuestionRequest) -> list[dict[str, Any]]:
-        answered = [t for t in req.history if not t.failed]
-        history = "\n".join(f"Q{i + 1}: {t.question}\nA{i + 1}: {t.answer}" for i, t in enumerate(answered)) or "(no questions asked yet)"
         blocks = [f"Candidate {i + 1}:\n" + evidence_text(c.description, self._regions.get(c.key, ()), self.max_regions)
                   for i, c in enumerate(req.candidates)]
-        user = self.prompt.user.format(description=req.initial_description, history=history, candidates="\n".join(blocks))
+        user = self.prompt.user.format(description=req.initial_description, history=history_text(req), candidates="\n".join(blocks))
         parts: list[dict[str, Any]] = [{"type": "text", "text": user}]
         if self.config.send_images:
             for i, c in enumerate(req.candidates):

@@ -24,11 +24,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import random
 import re
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -168,12 +170,14 @@ def run_items(
     with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="stage") as pool:
         pending: set[Future] = set()
         it = iter(items)
-        try:
-            # Keep a bounded window of submitted work so a huge stage does not queue everything up front.
-            for item in it:
+
+        def refill() -> None:
+            # A bounded window of submitted work: a huge stage does not queue everything up front.
+            for item in itertools.islice(it, max(0, 2 * max_concurrency - len(pending))):
                 pending.add(pool.submit(work, item))
-                if len(pending) >= 2 * max_concurrency:
-                    break
+
+        try:
+            refill()
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -181,10 +185,7 @@ def run_items(
                     store.append([result])
                     if progress is not None:
                         progress(result)
-                for item in it:
-                    pending.add(pool.submit(work, item))
-                    if len(pending) >= 2 * max_concurrency:
-                        break
+                refill()
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -283,7 +284,7 @@ class ResponseCache:
     def put(self, prompt_version: str, model: str, image_sha: str, entry: dict[str, Any]) -> None:
         path = self._path(prompt_version, model, image_sha)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{id(entry)}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")  # one writer per thread
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, path)
 

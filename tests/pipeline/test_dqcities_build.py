@@ -20,7 +20,10 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "modules"))
 from openai_server import FakeOpenAIServer, Fault, image_sha256s, message_text  # noqa: E402
+from test_cli import tiny_args  # noqa: E402  (configs/cmpl.yaml shrunk to seconds)
+from test_dqpilot_cli import sft_args  # noqa: E402  (configs/dqpilot_sft.yaml shrunk to seconds)
 
 from dlgpr.cli import main  # noqa: E402
 from dlgpr.data.reader import iter_records  # noqa: E402
@@ -96,35 +99,6 @@ def place_records(places: Path) -> list:
     return [r for s in read_manifest(places).shards for r in iter_records(places / s.path)]
 
 
-def tiny_cmpl_args(data_dir: Path, save_dir: Path) -> list[str]:
-    return [
-        "--config", str(ROOT / "configs" / "cmpl.yaml"),
-        "--data.init_args.data_dir", str(data_dir), "--data.init_args.synthetic", "null",
-        "--data.init_args.places_per_batch", "4", "--data.init_args.views_per_place", "2",
-        "--data.init_args.eval_batch_size", "16", "--data.init_args.num_workers", "0",
-        "--model.init_args.backbone.image_size", "32", "--model.init_args.backbone.context_length", "24",
-        "--model.init_args.backbone.long_text_length", "32",
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.version", "retriever",
-        "--trainer.max_steps", "2",
-    ]
-
-
-def tiny_sft_args(out: Path, tmp: Path) -> list[str]:
-    return [
-        "--config", str(ROOT / "configs" / "dqpilot_sft.yaml"),
-        "--data.init_args.data_dir", str(out / "dialogues"), "--data.init_args.place_data_dir", str(out / "places"),
-        "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "2",
-        "--model.init_args.policy.model", str(out / "dialogues" / "tokenizer"),
-        "--model.init_args.policy.scratch.hidden_size", "32", "--model.init_args.policy.scratch.num_layers", "1",
-        "--model.init_args.policy.scratch.num_heads", "2", "--model.init_args.policy.scratch.num_kv_heads", "1",
-        "--model.init_args.policy.scratch.intermediate_size", "64", "--model.init_args.max_prompt_tokens", "512",
-        "--model.init_args.export_dir", str(tmp / "sft_policy"), "--trainer.logger.init_args.save_dir", str(tmp / "logs"),
-        "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.max_steps", "2",
-    ]
-
-
 def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     world = World(tmp_path)
@@ -180,7 +154,8 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         assert third["stages"]["text"]["cached"] == n and len(server.requests) == before
 
     # the place shards train the retriever config ...
-    cli = main(["fit", *tiny_cmpl_args(out / "places", tmp_path / "logs")])
+    cli = main(["fit", *tiny_args(out / "places", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+                                  "--trainer.logger.init_args.version", "retriever", "--trainer.max_steps", "2")])
     assert cli.trainer.global_step == 2
     ckpt = next((tmp_path / "logs").rglob("last.ckpt"))
 
@@ -215,7 +190,8 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
     assert {k for t in turns for k in t.candidates} <= world.keys and all(t.question.endswith("?") for t in turns)
 
     # ... and the corpus trains the SFT config
-    cli = main(tiny_sft_args(out, tmp_path), run=False)
+    corpus = {"corpus": out / "dialogues", "places": out / "places", "tokenizer": out / "dialogues" / "tokenizer"}
+    cli = main(sft_args(corpus, tmp_path, "--trainer.max_steps", "2"), run=False)
     before = {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 2
