@@ -7,13 +7,38 @@ the embeddings first (see ``dlgpr.modules``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def float32(fn: _F) -> _F:
+    """Run a loss outside any autocast region, in float32.
+
+    Under bf16 autocast a matmul of float32 unit vectors still runs in bf16, which resolves a
+    cosine near 1 only to about 0.008: coarser than the gaps between a positive and its hard
+    negatives that SDM, HI and multi-similarity (beta 50) act on. The towers may run in bf16;
+    the similarities and losses do not.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        device = first.device.type if first is not None else "cpu"
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 __all__ = [
+    "float32",
     "sdm_loss",
     "sdm_loss_from_similarity",
     "same_label_matrix",
@@ -31,6 +56,7 @@ def same_label_matrix(row_labels: Tensor, col_labels: Tensor) -> Tensor:
     return (row_labels[:, None] == col_labels[None, :]).float()  # [R, C]
 
 
+@float32
 def sdm_loss(
     text_emb: Tensor,
     image_emb: Tensor,
@@ -65,6 +91,7 @@ def sdm_loss(
     return sdm_loss_from_similarity(t @ v.T, text_labels, image_labels, logit_scale, epsilon)
 
 
+@float32
 def sdm_loss_from_similarity(
     cos: Tensor,
     text_labels: Tensor,
@@ -101,6 +128,7 @@ def sdm_loss_from_similarity(
     return loss, stats
 
 
+@float32
 def local_similarity(text_local: Tensor, image_local: Tensor) -> Tensor:
     """CMPL's local score: mean over the instance queries of the cosine of matched outputs.
 
@@ -113,6 +141,7 @@ def local_similarity(text_local: Tensor, image_local: Tensor) -> Tensor:
     return torch.einsum("iqd,jqd->ij", t, v) / t.shape[1]  # [Bt, Bi]
 
 
+@float32
 def hard_negative_isolation_loss(
     cos: Tensor, labels: Tensor, margin: float = 0.2
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -155,6 +184,7 @@ def hard_negative_isolation_loss(
     return loss, stats
 
 
+@float32
 def multi_similarity_loss(
     emb: Tensor,
     labels: Tensor,
@@ -241,6 +271,7 @@ class CMPLLoss:
         if self.ms_alpha <= 0 or self.ms_beta <= 0:
             raise ValueError(f"loss.ms_alpha and loss.ms_beta must be > 0, got {self.ms_alpha}, {self.ms_beta}")
 
+    @float32
     def __call__(
         self,
         text_global: Tensor,

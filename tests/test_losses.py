@@ -185,3 +185,22 @@ def test_cmpl_loss_is_eq6_weighted_sum():
     assert only_gs.item() == pytest.approx(gs.item(), rel=1e-6) and stats["ls"].item() == 0.0
     with pytest.raises(ValueError, match="lambda_h"):
         CMPLLoss(lambda_h=-1.0)
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    # bf16 would resolve these cosines (0.999 vs 0.995) to the same value; the losses must not
+    torch.manual_seed(0)
+    base = F.normalize(torch.randn(8, 16), dim=-1)
+    text = F.normalize(base + 0.03 * torch.randn(8, 16), dim=-1)
+    image = F.normalize(base + 0.03 * torch.randn(8, 16), dim=-1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    local_t, local_v = torch.randn(8, 4, 8), torch.randn(8, 4, 8)
+    loss_fn = CMPLLoss(lambda_vpr=1.0)
+    reference, ref_stats = loss_fn(text, image, labels, [local_t], [local_v], image, logit_scale=50.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, stats = loss_fn(text, image, labels, [local_t], [local_v], image, logit_scale=50.0)
+        ms, _ = multi_similarity_loss(image, labels)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert stats["vpr"].item() == pytest.approx(ref_stats["vpr"].item(), rel=1e-6)
+    assert ms.item() == pytest.approx(multi_similarity_loss(image, labels)[0].item(), rel=1e-6)
