@@ -4,8 +4,9 @@ Any open_clip architecture works (``ViT-B-16`` with ``pretrained="openai"`` is t
 backbone). dlgpr registers its own small architectures from ``model_configs/*.json`` (e.g.
 ``dlgpr-tiny``: a 4-layer ViT on 64 px with 8 px patches and a 4-layer text tower, 128-d
 embeddings) so tests and the embedded default build a CLIP from its config without any
-download. ``pretrained`` is an open_clip tag (downloaded to ``cache_dir`` by open_clip), a
-local checkpoint path, or ``None`` for random initialisation.
+download. ``pretrained`` is an open_clip tag (downloaded to ``cache_dir`` by open_clip), one of
+dlgpr's own tags for its own architectures (``synthcities``: weights shipped inside the package,
+see :data:`DLGPR_PRETRAINED`), a local checkpoint path, or ``None`` for random initialisation.
 
 Long text: ``long_text_length`` extends the text positional embedding beyond the architecture's
 77 positions by linear interpolation (Long-CLIP keeps the first 20 positions and stretches the
@@ -32,8 +33,26 @@ from torch import Tensor, nn
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
+_PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
-__all__ = ["ClipBackboneConfig", "CLIPBackbone", "ClipTokenizer", "stretch_positions", "ImageTaps", "TextTaps"]
+#: Weights dlgpr ships for its own architectures, ``(model_name, tag) -> file`` in
+#: ``dlgpr/models/pretrained/``. ``pretrained: <tag>`` resolves them the way open_clip resolves
+#: ``openai`` for ``ViT-B-16``, with nothing to download. How each file was made (command,
+#: world, CPU time) is in the JSON file of the same name beside it.
+DLGPR_PRETRAINED: dict[tuple[str, str], str] = {}
+
+
+def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
+    """The ``pretrained`` argument for open_clip: a dlgpr tag becomes its shipped file; an open_clip
+    tag, a path or None pass through unchanged."""
+    if pretrained is None or (model_name, pretrained) not in DLGPR_PRETRAINED:
+        return pretrained
+    path = _PRETRAINED_DIR / DLGPR_PRETRAINED[(model_name, pretrained)]
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained {pretrained!r} of {model_name}: {path} is missing (rebuild it with scripts/pretrain_synthcities.py)")
+    return str(path)
+
+__all__ = ["ClipBackboneConfig", "CLIPBackbone", "ClipTokenizer", "stretch_positions", "ImageTaps", "TextTaps", "DLGPR_PRETRAINED", "resolve_pretrained"]
 
 log = logging.getLogger("dlgpr.models")
 
@@ -45,11 +64,14 @@ class ClipBackboneConfig:
     model_name: str = "dlgpr-tiny"
     """open_clip architecture name (``ViT-B-16``, ...) or one of dlgpr's ``model_configs``."""
     pretrained: str | None = None
-    """open_clip pretrained tag (``openai``), a local checkpoint file, or None for random weights."""
+    """open_clip pretrained tag (``openai``), a dlgpr tag of a dlgpr architecture (``synthcities``),
+    a local checkpoint file, or None for random weights."""
     image_size: int | None = None
     """Input resolution override; None keeps the architecture's own."""
     context_length: int | None = None
-    """Text context override for randomly initialised towers; None keeps the architecture's own."""
+    """Text context override: a randomly initialised tower is built with it; pretrained weights
+    keep their first ``context_length`` positions (a shorter context, e.g. CLIP's 77 on a tower
+    pretrained with 248). None keeps the architecture's own."""
     cache_dir: str | None = None
     """Where open_clip keeps downloaded weights (None: its default)."""
     long_text_length: int | None = None
@@ -57,6 +79,10 @@ class ClipBackboneConfig:
     embedding (Long-CLIP: 248); None keeps the architecture's context."""
     long_text_keep_first: int = 20
     """Leading positions copied unchanged when stretching (Long-CLIP: 20; 0 stretches all)."""
+    pad_to_longest: bool = True
+    """Tokenize a batch to its longest text instead of the full context (a 40-token dialogue
+    query then costs 40 positions, not 248). Exact: padding never reaches a real token (causal
+    mask, or a padding mask on a bidirectional tower)."""
 
     def __post_init__(self) -> None:
         if self.model_name not in open_clip.list_models():
@@ -65,10 +91,13 @@ class ClipBackboneConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.context_length is not None and self.context_length < 2:
             raise ValueError(f"context_length must be >= 2, got {self.context_length}")
-        if self.pretrained and self.context_length is not None:
+        archs = sorted(name for name, tag in DLGPR_PRETRAINED if tag == self.pretrained)
+        if archs and self.model_name not in archs and not Path(str(self.pretrained)).is_file():
+            raise ValueError(f"pretrained {self.pretrained!r} exists for {', '.join(archs)}, not for model_name {self.model_name!r}")
+        if self.pretrained and self.context_length is not None and self.long_text_length is not None:
             raise ValueError(
-                "context_length cannot be overridden on pretrained weights here: the positional "
-                "embedding would not load; extend it by interpolation (long_text_length) instead"
+                "on pretrained weights context_length (keep the first positions) and long_text_length "
+                "(stretch the positions) exclude each other: set one"
             )
         if self.long_text_length is not None and self.long_text_length < 2:
             raise ValueError(f"long_text_length must be >= 2, got {self.long_text_length}")
@@ -132,9 +161,10 @@ class ClipTokenizer:
     error: it has nothing to retrieve by.
     """
 
-    def __init__(self, model_name: str, context_length: int) -> None:
+    def __init__(self, model_name: str, context_length: int, pad_to_longest: bool = False) -> None:
         self.model_name = model_name
         self.context_length = context_length
+        self.pad_to_longest = pad_to_longest
         self._tok = open_clip.get_tokenizer(model_name, context_length=context_length)
         self.seen = 0
         self.truncated = 0
@@ -148,12 +178,16 @@ class ClipTokenizer:
         tok = self._tok
         if not isinstance(tok, SimpleTokenizer) or tok.reduction_fn is not None:
             return tok(texts, context_length=self.context_length)  # [B, L]; counts unknown
-        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # [B, L]
-        for i, text in enumerate(texts):
+        rows = []
+        for text in texts:
             ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
             if len(ids) > self.context_length:
                 ids = ids[: self.context_length - 1] + [tok.eot_token_id]
                 self._count_truncation()
+            rows.append(ids)
+        length = max(len(r) for r in rows) if self.pad_to_longest and rows else self.context_length
+        out = torch.zeros(len(texts), length, dtype=torch.long)  # [B, L]
+        for i, ids in enumerate(rows):
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -178,9 +212,9 @@ class CLIPBackbone(nn.Module):
         self.config = config = config or ClipBackboneConfig()
         model = open_clip.create_model(
             config.model_name,
-            pretrained=config.pretrained,
+            pretrained=resolve_pretrained(config.model_name, config.pretrained),
             force_image_size=config.image_size,
-            force_context_length=config.context_length,
+            force_context_length=None if config.pretrained else config.context_length,
             cache_dir=config.cache_dir,
         )
         if not isinstance(model, open_clip.CLIP):
@@ -191,6 +225,8 @@ class CLIPBackbone(nn.Module):
         self.model = model
         if config.long_text_length is not None and config.long_text_length != int(model.context_length):
             self._extend_text_context(config.long_text_length, config.long_text_keep_first)
+        if config.pretrained and config.context_length is not None and config.context_length != int(model.context_length):
+            self._truncate_text_context(config.context_length)
         self.context_length = int(model.context_length)
         vision_size = model.visual.image_size
         self.image_size = int(vision_size[0] if isinstance(vision_size, (tuple, list)) else vision_size)
@@ -204,8 +240,21 @@ class CLIPBackbone(nn.Module):
             pos = stretch_positions(m.positional_embedding.detach(), length, keep_first)  # [length, W]
         m.positional_embedding = nn.Parameter(pos)
         m.context_length = length
-        mask = torch.full((length, length), float("-inf")).triu_(1)  # causal, as open_clip builds it
-        m.register_buffer("attn_mask", mask.to(m.attn_mask.device), persistent=False)
+        if m.attn_mask is not None:  # a causal tower's mask grows with it; a bidirectional one has none
+            mask = torch.full((length, length), float("-inf")).triu_(1)  # causal, as open_clip builds it
+            m.register_buffer("attn_mask", mask.to(m.attn_mask.device), persistent=False)
+
+    def _truncate_text_context(self, length: int) -> None:
+        m = self.model
+        if length > int(m.context_length):
+            raise ValueError(
+                f"context_length {length} exceeds the {int(m.context_length)} positions of the pretrained "
+                f"{self.config.model_name} weights; stretch them with long_text_length instead"
+            )
+        m.positional_embedding = nn.Parameter(m.positional_embedding.detach()[:length].clone())
+        m.context_length = length
+        if m.attn_mask is not None:
+            m.register_buffer("attn_mask", m.attn_mask[:length, :length].clone(), persistent=False)
 
     @property
     def image_layers(self) -> int:
@@ -223,14 +272,24 @@ class CLIPBackbone(nn.Module):
     def text_width(self) -> int:
         return int(self.model.transformer.width)
 
+    def resolve_logit_scale(self, scale: float | None) -> float:
+        """``scale``, or for None the contrastive scale stored with the weights (open_clip's
+        ``logit_scale``, kept as a log; OpenAI's CLIP: 100, dlgpr's ``synthcities``: its learnt one)."""
+        if scale is not None:
+            return float(scale)
+        if not self.config.pretrained:
+            raise ValueError("logit_scale: null takes the scale of pretrained weights, but backbone.pretrained is null")
+        return float(self.model.logit_scale.detach().exp().item())
+
     def tokenizer(self) -> ClipTokenizer:
-        return ClipTokenizer(self.config.model_name, self.context_length)
+        return ClipTokenizer(self.config.model_name, self.context_length, self.config.pad_to_longest)
 
     def encode_image(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images)  # [B, D]
 
     def encode_text(self, tokens: Tensor) -> Tensor:
-        return self.model.encode_text(tokens)  # [B, D]
+        """``[B, L]`` token ids, ``L <= context_length`` (a batch padded to its longest text) -> ``[B, D]``."""
+        return self.text_taps(tokens, []).pooled  # [B, D]
 
     def forward(self, images: Tensor | None = None, tokens: Tensor | None = None) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -266,28 +325,48 @@ class CLIPBackbone(nn.Module):
         return ImageTaps(pooled, tokens, cls_attention)
 
     def text_taps(self, text: Tensor, taps: list[int]) -> TextTaps:
-        """Run the text tower block by block; ``text``: ``[B, L]`` token ids; ``taps`` 1-based."""
+        """Run the text tower block by block; ``text``: ``[B, L]`` token ids with ``L <=
+        context_length`` (shorter batches use the first ``L`` positions); ``taps`` 1-based."""
         m = self.model
         if not m.transformer.batch_first:
             raise ValueError("layer taps need a batch_first open_clip text transformer")
+        length = text.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"token batch of length {length} exceeds the text context ({self.context_length})")
         cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(text).to(cast) + m.positional_embedding.to(cast)  # [B, L, W]
+        x = m.token_embedding(text).to(cast) + m.positional_embedding[:length].to(cast)  # [B, L, W]
+        if m.text_pool_type == "eos" and getattr(m, "text_eos_id", None) is not None:
+            end = (text == m.text_eos_id).int().argmax(dim=-1)  # [B]
+        else:
+            end = text.argmax(dim=-1)  # [B] CLIP's EOT id is the largest in the vocabulary
+        padding = torch.arange(length, device=text.device)[None, :] > end[:, None]  # [B, L]
+        mask = self._text_attention_mask(padding, x.dtype)
         wanted = set(taps)
         tokens = []
         for depth, block in enumerate(m.transformer.resblocks, start=1):
-            x = block(x, attn_mask=m.attn_mask)
+            x = block(x, attn_mask=mask)
             if depth in wanted:
                 tokens.append(x)
         x = m.ln_final(x)  # [B, L, W]
         pooled = text_global_pool(x, text, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))  # [B, W]
         if m.text_projection is not None:
             pooled = m.text_projection(pooled) if isinstance(m.text_projection, nn.Linear) else pooled @ m.text_projection  # [B, D]
-        if m.text_pool_type == "eos" and getattr(m, "text_eos_id", None) is not None:
-            end = (text == m.text_eos_id).int().argmax(dim=-1)  # [B]
-        else:
-            end = text.argmax(dim=-1)  # [B] CLIP's EOT id is the largest in the vocabulary
-        padding = torch.arange(text.shape[1], device=text.device)[None, :] > end[:, None]  # [B, L]
         return TextTaps(pooled, tokens, padding)
+
+    def _text_attention_mask(self, padding: Tensor, dtype: torch.dtype) -> Tensor:
+        """Additive attention mask of the text blocks for a batch with ``padding`` ``[B, L]``.
+
+        A causal tower (CLIP) takes the top-left ``[L, L]`` of its causal mask: padding sits after
+        the end-of-text token, so no real token ever sees it. A bidirectional tower
+        (``no_causal_mask``) gets a per-sample key mask ``[B * heads, L, L]`` that hides padding.
+        """
+        m = self.model
+        length = padding.shape[1]
+        if m.attn_mask is not None:
+            return m.attn_mask[:length, :length].to(dtype)  # [L, L]
+        heads = m.transformer.resblocks[0].attn.num_heads
+        keys = torch.zeros(padding.shape, dtype=dtype, device=padding.device).masked_fill(padding, float("-inf"))  # [B, L]
+        return keys[:, None, :].expand(-1, length, -1).repeat_interleave(heads, dim=0)  # [B * H, L, L]
 
 
 @torch.no_grad()

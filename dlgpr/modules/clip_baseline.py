@@ -26,7 +26,8 @@ class CLIPBaselineModule(RetrievalModule):
         optim: AdamW and schedule settings.
         logit_scale: SDM's similarity scale (IRRA fixes 1/0.02 = 50 to fine-tune a pretrained
             CLIP). A CLIP trained from scratch stays collapsed under 50 (all cosines alike); it
-            learns from CLIP's own 1/0.07 with a learnable scale.
+            learns from CLIP's own 1/0.07 with a learnable scale. None: the pretrained weights'
+            own scale (open_clip's ``logit_scale``).
         learnable_logit_scale: learn the scale (as its log, clamped to at most 100, like CLIP).
         gather_across_ranks: compute SDM on the global batch under DDP.
     """
@@ -36,14 +37,14 @@ class CLIPBaselineModule(RetrievalModule):
         backbone: ClipBackboneConfig = ClipBackboneConfig(),
         lr: float = 5e-4,
         optim: OptimConfig = OptimConfig(),
-        logit_scale: float = 50.0,
+        logit_scale: float | None = 50.0,
         learnable_logit_scale: bool = False,
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__()
-        self._init_training(lr, optim, logit_scale, learnable_logit_scale, gather_across_ranks)
         self.save_hyperparameters()
         self.backbone = CLIPBackbone(backbone)
+        self._init_training(lr, optim, self.backbone.resolve_logit_scale(logit_scale), learnable_logit_scale, gather_across_ranks)
         self.embed_dim = self.backbone.embed_dim
 
     @property

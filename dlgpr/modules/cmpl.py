@@ -34,7 +34,8 @@ class CMPLModule(RetrievalModule):
             None: ``lr``.
         optim: AdamW and schedule settings.
         logit_scale: SDM scale for L_gs and L_ls (IRRA: 50 for a pretrained CLIP; a random
-            CLIP needs a learnable scale from 1/0.07).
+            CLIP needs a learnable scale from 1/0.07); None: the pretrained weights' own scale
+            (open_clip's ``logit_scale``, e.g. the one learnt with dlgpr's ``synthcities`` towers).
         learnable_logit_scale: learn the scale (clamped to at most 100).
         gather_across_ranks: see above.
     """
@@ -49,16 +50,16 @@ class CMPLModule(RetrievalModule):
         lr: float = 5e-4,
         head_lr: float | None = None,
         optim: OptimConfig = OptimConfig(),
-        logit_scale: float = 50.0,
+        logit_scale: float | None = 50.0,
         learnable_logit_scale: bool = False,
         gather_across_ranks: bool = True,
     ) -> None:
         super().__init__()
         if head_lr is not None and head_lr <= 0:
             raise ValueError(f"head_lr must be > 0, got {head_lr}")
-        self._init_training(lr, optim, logit_scale, learnable_logit_scale, gather_across_ranks)
         self.save_hyperparameters()
         self.model = CMPL(backbone, cmpl)
+        self._init_training(lr, optim, self.model.backbone.resolve_logit_scale(logit_scale), learnable_logit_scale, gather_across_ranks)
         self.loss_fn = loss
         self.head_lr = head_lr if head_lr is not None else lr
         self.embed_dim = self.model.retrieval_dim

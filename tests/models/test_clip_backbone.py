@@ -37,7 +37,7 @@ def test_long_text_on_a_fresh_tower():
     tok = b.tokenizer()
     assert tok.context_length == 248
     tokens = tok(["a " * 200 + "red door"])
-    assert tokens.shape == (1, 248) and tok.truncated == 0  # 200 words fit in 248 positions
+    assert tokens.shape == (1, 204) and tok.truncated == 0  # 200 words fit in 248 positions; padded to the longest
     assert b.encode_text(tokens).shape == (1, b.embed_dim)
 
 
@@ -89,8 +89,42 @@ def test_taps_reproduce_the_towers_and_cls_attention():
     assert torch.allclose(taps.cls_attention[1], _naive_cls_attention(b.model.visual.transformer.resblocks[2], x1), atol=1e-5)
 
     tokens = b.tokenizer()(["a red door", "a green awning over the shop window"])
+    assert tokens.shape == (2, 10)  # padded to the longest text, not to the 20-token context
+    full = torch.nn.functional.pad(tokens, (0, 20 - tokens.shape[1]))  # [2, 20] as open_clip pads
     text = b.text_taps(tokens, [2, 4])
-    assert torch.allclose(text.pooled, b.encode_text(tokens), atol=1e-5)
-    assert torch.allclose(text.tokens[-1], b.model.transformer(b.model.token_embedding(tokens) + b.model.positional_embedding, attn_mask=b.model.attn_mask), atol=1e-5)
+    assert torch.allclose(text.pooled, b.model.encode_text(full), atol=1e-5)  # open_clip's own, full context
+    assert torch.allclose(b.encode_text(tokens), b.model.encode_text(full), atol=1e-5)
+    reference = b.model.transformer(b.model.token_embedding(full) + b.model.positional_embedding, attn_mask=b.model.attn_mask)
+    assert torch.allclose(text.tokens[-1], reference[:, :10], atol=1e-5)
     eot = tokens.argmax(dim=1)
-    assert text.padding.sum(1).tolist() == (20 - 1 - eot).tolist()  # everything after end-of-text
+    assert text.padding.sum(1).tolist() == (10 - 1 - eot).tolist()  # everything after end-of-text
+
+
+def test_context_length_keeps_the_first_positions_of_pretrained_weights(tmp_path):
+    torch.manual_seed(0)
+    src = CLIPBackbone(ClipBackboneConfig()).eval()  # "pretrained" weights with the architecture's 77 positions
+    path = tmp_path / "tiny.pt"
+    torch.save(src.model.state_dict(), path)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ClipBackboneConfig(pretrained=str(path), context_length=16, long_text_length=100)
+    with pytest.raises(ValueError, match="exceeds the 77 positions"):
+        CLIPBackbone(ClipBackboneConfig(pretrained=str(path), context_length=100))
+    short = CLIPBackbone(ClipBackboneConfig(pretrained=str(path), context_length=16)).eval()
+    assert short.context_length == 16 and short.tokenizer().context_length == 16
+    assert torch.equal(short.model.positional_embedding, src.model.positional_embedding[:16])
+    tokens = short.tokenizer()(["a red door", "word " * 40])  # the second is cut to 16 tokens
+    assert tokens.shape == (2, 16)
+    assert torch.allclose(short.encode_text(tokens), src.encode_text(tokens), atol=1e-5)  # same positions, same weights
+
+
+def test_bidirectional_tower_ignores_padding():
+    torch.manual_seed(0)
+    b = CLIPBackbone(ClipBackboneConfig(context_length=32)).eval()
+    b.model.attn_mask = None  # as open_clip builds a text tower with no_causal_mask
+    tok = b.tokenizer()
+    texts = ["a red door", "a green awning over the shop window with a bench"]
+    batch = tok(texts)
+    alone = torch.cat([b.encode_text(tok([t])) for t in texts])  # each text with no padding at all
+    assert torch.allclose(b.encode_text(batch), alone, atol=1e-5)
+    padded = torch.nn.functional.pad(batch, (0, 32 - batch.shape[1]))
+    assert torch.allclose(b.encode_text(padded), alone, atol=1e-5)
