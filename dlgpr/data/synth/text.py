@@ -361,14 +361,15 @@ def caption_text(stated: dict[str, Any], rng: random.Random) -> str:
     return _fix_articles(form.replace("{NP}", _cap(np_)).replace("{np}", np_))
 
 
-def initial_caption(attrs: dict[str, Any], rng: random.Random, error_rate: float) -> Caption:
-    """One or two salient attributes of the place; with probability ``error_rate`` one is wrong.
+def initial_caption(attrs: dict[str, Any], rng: random.Random, error_rate: float, attributes: tuple[int, int] = (1, 2)) -> Caption:
+    """``attributes[0]..attributes[1]`` salient attributes of the place (default one or two);
+    with probability ``error_rate`` one of them is wrong.
 
     The mentioned slots are drawn before the error coin, so the error rate does not change which
     slots a place's caption mentions.
     """
     candidates = [slot for slot in _CAPTION_SALIENCE if attrs[slot] != NONE]
-    k = min(len(candidates), rng.choice((1, 2)))
+    k = min(len(candidates), rng.choice(tuple(range(attributes[0], attributes[1] + 1))))
     slots: list[str] = []
     while len(slots) < k:  # weighted sampling without replacement
         pool = [c for c in candidates if c not in slots]

@@ -193,8 +193,12 @@ def assign_splits(n: int, fractions: Sequence[float], rng: random.Random) -> lis
     return labels
 
 
-def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence[float], seed: int) -> World:
+def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence[float], seed: int,
+                first_city: int = 0) -> World:
     """All cities and places, deterministic in the arguments.
+
+    The cities are entries ``first_city .. first_city + num_cities - 1`` of the city list (names,
+    centres, place-id ranges), so worlds with disjoint ranges share no city and no place id.
 
     No two places share the full attribute dict: a collision is redrawn from the same place's
     generator, so the outcome is still a function of the seed alone. The split is by place,
@@ -202,9 +206,12 @@ def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence
     """
     if num_cities < 1 or places_per_city < 1:
         raise ValueError("num_cities and places_per_city must be >= 1")
+    if first_city < 0 or first_city + num_cities > max_cities():
+        raise ValueError(f"first_city + num_cities must be in [1, {max_cities()}], got {first_city} + {num_cities}")
     if places_per_city >= PLACE_ID_STRIDE:
         raise ValueError(f"places_per_city must be < {PLACE_ID_STRIDE} (global ids are city * {PLACE_ID_STRIDE} + place)")
-    cities = tuple(_make_city(i, name, seed) for i, name in enumerate(city_names(num_cities)))
+    names = city_names(first_city + num_cities)
+    cities = tuple(_make_city(i, names[i], seed) for i in range(first_city, first_city + num_cities))
     seen: set[str] = set()
     places: list[Place] = []
     for city in cities:

@@ -19,6 +19,7 @@ from dlgpr.data.shards import iter_tar_members, read_manifest
 from dlgpr.data.synth import SLOTS, SynthCitiesConfig, ensure_synthcities, generate_synthcities
 from dlgpr.data.synth import world as world_module
 from dlgpr.data.synth.generate import make_world, world_captions
+from dlgpr.data.synth.world import city_names, max_cities
 
 SMALL = SynthCitiesConfig(num_cities=3, places_per_city=12, views_per_place=2, max_samples_per_shard=10, num_workers=0)
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -172,6 +173,20 @@ def test_places_are_unique_and_cities_have_a_style() -> None:
     assert sum(same) / len(same) > sum(cross) / len(cross) + 1.0
 
 
+def test_first_city_gives_other_cities_and_place_ids() -> None:
+    default = make_world(SynthCitiesConfig(num_cities=3, places_per_city=20))
+    other = make_world(SynthCitiesConfig(num_cities=3, places_per_city=20, first_city=5, seed=1))
+    assert {c.name for c in default.cities}.isdisjoint({c.name for c in other.cities})
+    assert {p.place_id for p in default.places}.isdisjoint({p.place_id for p in other.places})
+    assert [c.index for c in other.cities] == [5, 6, 7]
+    assert [c.name for c in other.cities] == city_names(8)[5:]
+    # a city is the same whichever world it starts: same name, centre and style for the same seed
+    shifted = make_world(SynthCitiesConfig(num_cities=2, places_per_city=20, first_city=1))
+    assert shifted.cities[0] == default.cities[1] and shifted.places[0] == default.places[20]
+    with pytest.raises(ValueError, match="first_city"):
+        SynthCitiesConfig(num_cities=5, first_city=max_cities() - 4)
+
+
 def test_attribute_collisions_are_redrawn(monkeypatch: pytest.MonkeyPatch) -> None:
     real = world_module.sample_attributes
     calls: list[dict] = []
@@ -205,11 +220,22 @@ def test_caption_error_rate() -> None:
     assert all(exact[k].stated.keys() == captions[k].stated.keys() for k in captions)
 
 
+def test_caption_attributes_is_a_world_setting() -> None:
+    config = SynthCitiesConfig(num_cities=2, places_per_city=50)
+    _, default = world_captions(config)
+    assert {len(c.stated) for c in default.values()} == {1, 2}  # the default vagueness
+    _, detailed = world_captions(dataclasses.replace(config, caption_attributes=(3, 3)))
+    assert all(len(c.stated) == 3 for c in detailed.values())
+    assert "caption_attributes" not in config.output_signature()  # worlds made before the setting existed are reused
+    assert dataclasses.replace(config, caption_attributes=(2, 3)).output_signature()["caption_attributes"] == [2, 3]
+
+
 @pytest.mark.parametrize("field, value", [
     ("num_cities", 0), ("places_per_city", 10**5), ("views_per_place", 0), ("image_size", 16),
     ("caption_error_rate", 1.5), ("distractor_rate", -1.0), ("occlusion_prob", 2.0),
     ("occlusion_max_fraction", 0.0), ("split_fractions", (0.5, 0.3, 0.3)), ("seed", -1),
-    ("max_samples_per_shard", 0), ("jpeg_quality", 100), ("num_workers", -1),
+    ("max_samples_per_shard", 0), ("jpeg_quality", 100), ("num_workers", -1), ("first_city", -1),
+    ("caption_attributes", (0, 2)), ("caption_attributes", (3, 2)),
 ])
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
