@@ -37,7 +37,7 @@ class DialogueEvalCallback(Callback):
     """Args:
         questioner: who asks (default: the SynthCities oracle teacher).
         answerer: the simulated user (default: the SynthCities oracle user).
-        every_n_epochs: run after every n-th validation.
+        every_n_epochs: run after every n-th epoch's validation (and after the last epoch's).
         num_queries: places queried (a fixed seeded subset; None: all places of the split).
         rounds: question rounds.
         top_k: candidates shown to the questioner.
@@ -75,7 +75,12 @@ class DialogueEvalCallback(Callback):
         self.last_summary: dict[str, Any] = {}
 
     def _due(self, trainer: Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        """After every n-th epoch's validation, and after the last epoch's."""
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collector.reset()
