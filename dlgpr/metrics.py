@@ -1,6 +1,7 @@
 """Retrieval metrics as pure functions of tensors (REFERENCE.md, "Metrics").
 
-A query's *rank* is the 1-based position of the best-ranked gallery item of its place; queries
+A query's *rank* is the 1-based position of the best-ranked gallery item of its place, expected
+under a random order of tied scores (``dlgpr.ranking``, so it may be a half-integer); queries
 whose place is absent from a top-k list get rank ``k + 1`` (i.e. "beyond k").
 """
 
@@ -12,13 +13,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "TIE_EPS", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+    "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
     "semantic_ambiguity", "ddi",
 ]
-
-
-TIE_EPS = 1e-6
-"""Scores closer than this count as tied; ranks resolve ties in the target's favour."""
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int]) -> dict[int, float]:
