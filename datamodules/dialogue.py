@@ -1,4 +1,4 @@
-"""Dialogue turns for DQ-Pilot SFT and GRPO (DESIGN.md "Architecture"; REFERENCE.md "Metrics").
+"""Dialogue turns for DQ-Pilot SFT and GRPO (docs/METHOD.md, "PRG, SA, DDI and the corpus split").
 
 :class:`DialogueDataModule` reads the dialogue-turn shards written by
 ``scripts/build_dialogues.py`` and the place shards they refer to (candidate descriptions and

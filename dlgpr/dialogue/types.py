@@ -1,4 +1,4 @@
-"""Data passed between the dialogue loop, questioners and answerers (REFERENCE.md, "Dialogue loop").
+"""Data passed between the dialogue loop, questioners and answerers (docs/METHOD.md, "The dialogue").
 
 Round 0 retrieves with the initial description d_0. In round t >= 1 a questioner sees the top
 candidates of round t-1 and the history and asks q_t; a simulated user answers a_t; the query

@@ -4,7 +4,7 @@
 weight of a small model trained from scratch) on the corpus' completions, the loss on the
 completion tokens only (the datamodule masks the labels).
 
-``GRPOModule`` is our own loop (DESIGN.md convention 6), top to bottom per batch of prompts:
+``GRPOModule`` is our own loop, top to bottom per batch of prompts:
 
     rollout()           G completions per prompt, one batched ``generate`` with the KV cache
     score()             rewards (pluggable callables with weights) -> group_advantages()

@@ -1,4 +1,4 @@
-"""The DQ-Pilot dialogue corpus (paper section 3.2 step 3-4; REFERENCE.md "Metrics", "Data layouts").
+"""The DQ-Pilot dialogue corpus (paper section 3.2 step 3-4; docs/METHOD.md "PRG, SA, DDI and the corpus split", "Data layouts").
 
 For every place of a split, a teacher questioner holds a ``rounds``-round dialogue over a
 *compact candidate set*: the target view, a positive view of the same place and the
