@@ -68,19 +68,22 @@ def test_ablation_overrides_apply_to_the_main_config(config, monkeypatch, tmp_pa
 
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS])
-def test_every_config_parses(config, monkeypatch, tmp_path):
+def test_every_config_parses(config, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:  # --print_config parses, validates and exits 0
         main(["fit", "--config", str(config), "--print_config"])
     assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "default_hp_metric: false" in printed and "default_hp_metric: true" not in printed
 
 
 @pytest.mark.parametrize("config", OVERRIDE_CONFIGS, ids=[c.stem for c in OVERRIDE_CONFIGS])
-def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path):
+def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(ROOT / "configs" / "cmpl.yaml"), "--config", str(config), "--print_config"])
     assert exc.value.code == 0
+    assert "default_hp_metric: true" not in capsys.readouterr().out
 
 
 def test_dialogue_retriever_override_turns_on_dialogue_style_queries(monkeypatch, tmp_path):
