@@ -1,7 +1,8 @@
 """Static text-to-image place retrieval with full descriptions: R@1/5/10 each validation.
 
 Every description of the split queries the gallery of all its images; a query is a hit at K
-when an image of its place is among the top K (REFERENCE.md, "Metrics"). The module's
+when the expected rank of the best image of its place is at most K (``dlgpr.ranking``: tied
+scores count half, so a collapsed model ranks at chance; docs/METHOD.md, "Ranks"). The module's
 ``validation_step`` / ``test_step`` return ``{"image_emb", "text_emb", "place_id", "view"}``;
 this callback collects them, gathers them from all ranks (so a DDP run reports the same numbers
 as one process), searches once (faiss by default) and logs ``val/recall@K`` (``test/...`` in

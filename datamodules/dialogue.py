@@ -1,4 +1,4 @@
-"""Dialogue turns for DQ-Pilot SFT and GRPO (DESIGN.md "Architecture"; REFERENCE.md "Metrics").
+"""Dialogue turns for DQ-Pilot SFT and GRPO (docs/METHOD.md, "PRG, SA, DDI and the corpus split").
 
 :class:`DialogueDataModule` reads the dialogue-turn shards written by
 ``scripts/build_dialogues.py`` and the place shards they refer to (candidate descriptions and
@@ -7,7 +7,8 @@ images, the target's ground truth for the simulated user). Each turn becomes a
 (initial description, history, candidates), the teacher's completion and the target.
 
 Order: :class:`CurriculumSampler` walks the turns by DDI (easy to hard, or shuffled within DDI
-buckets, or at random for the ablation), deterministic given the seed and the epoch; under DDP
+buckets, or stratified so that every prefix has the stage's DDI mix, or at random for the
+ablation), deterministic given the seed and the epoch; under DDP
 every rank takes its own disjoint slice of the same order (it is a ``DistributedSampler``, so
 Lightning leaves it in place and calls ``set_epoch``).
 
@@ -221,8 +222,10 @@ class DialogueDataModule(LightningDataModule):
         place_data_dir: the DQ-Cities / SynthCities shards the turns' keys refer to.
         train_stages: corpus stages trained on (``[sft]``; ``[grpo]``; ``[sft, grpo]`` = the whole corpus).
         val_stage: stage validated on (None: no validation).
-        curriculum: ``easy_to_hard``, ``buckets`` or ``random`` (the Table 4 ablation).
-        num_buckets: DDI buckets of the ``buckets`` curriculum.
+        curriculum: ``easy_to_hard``, ``buckets``, ``stratified`` (every prefix has the stage's DDI
+            mix: for runs that stop within an epoch, as GRPO under ``max_steps``) or ``random``
+            (the order-shuffle ablation).
+        num_buckets: DDI buckets of the ``buckets`` curriculum, strata of the ``stratified`` one.
         batch_size: turns per training batch (prompts per GRPO step).
         val_batch_size: turns per validation batch.
         max_val_turns: validation turns used (the first ones in key order); None: all.
@@ -251,8 +254,10 @@ class DialogueDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1 or val_batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size and val_batch_size must be >= 1 and num_workers >= 0")
-        if curriculum not in ("easy_to_hard", "buckets", "random"):
-            raise ValueError(f"curriculum must be easy_to_hard, buckets or random, got {curriculum!r}")
+        if curriculum not in ("easy_to_hard", "buckets", "stratified", "random"):
+            raise ValueError(f"curriculum must be easy_to_hard, buckets, stratified or random, got {curriculum!r}")
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
         self.data_dir = Path(data_dir)
         self.place_data_dir = Path(place_data_dir)
         self.train_stages = list(train_stages)
@@ -330,8 +335,23 @@ class DialogueDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()
+        self._warn_if_the_run_sees_part_of_an_ordered_stage(len(sampler))
         return DataLoader(TurnDataset(self.train_examples), batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self._collate(), num_workers=self.num_workers, drop_last=True)
+
+    def _warn_if_the_run_sees_part_of_an_ordered_stage(self, per_rank: int) -> None:
+        """An ordered curriculum cut short by ``max_steps`` trains on one end of the DDI range only."""
+        trainer = getattr(self, "trainer", None)
+        max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
+        if self.curriculum not in ("easy_to_hard", "buckets") or max_steps in (None, -1):
+            return
+        batches = per_rank // self.batch_size
+        if max_steps < batches:  # stops within the first epoch
+            log.warning(
+                "curriculum %r with max_steps %d sees the first %d of %d turns per rank: the run never reaches the "
+                "hardest turns of stage(s) %s; use curriculum: stratified to keep the stage's DDI mix",
+                self.curriculum, max_steps, max_steps * self.batch_size, per_rank, self.train_stages,
+            )
 
     def val_dataloader(self) -> DataLoader:
         self.load()

@@ -1,4 +1,4 @@
-"""Losses as pure functions of tensors (DESIGN.md, convention 2).
+"""Losses as pure functions of tensors (docs/METHOD.md gives each formula).
 
 Each returns ``(loss, stats)`` where ``stats`` holds detached scalars for logging. Nothing here
 communicates across ranks: a caller that wants the global-batch semantics of the paper gathers
@@ -314,7 +314,7 @@ class CMPLLoss:
         return loss, stats
 
 
-# ---- GRPO (DeepSeekMath; REFERENCE.md "DQ-Pilot") -----------------------------------------------
+# ---- GRPO (DeepSeekMath; docs/METHOD.md "DQ-Pilot") ----------------------------------------------
 
 
 def group_advantages(rewards: Tensor, group_size: int, epsilon: float = 1e-4) -> Tensor:

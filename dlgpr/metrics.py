@@ -1,24 +1,22 @@
-"""Retrieval metrics as pure functions of tensors (REFERENCE.md, "Metrics").
+"""Retrieval metrics as pure functions of tensors (docs/METHOD.md, "Retrieval metrics", "PRG, SA, DDI").
 
-A query's *rank* is the 1-based position of the best-ranked gallery item of its place; queries
+A query's *rank* is the 1-based position of the best-ranked gallery item of its place, expected
+under a random order of tied scores (``dlgpr.ranking``, so it may be a half-integer); queries
 whose place is absent from a top-k list get rank ``k + 1`` (i.e. "beyond k").
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "TIE_EPS", "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
-    "semantic_ambiguity", "ddi",
+    "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+    "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval",
 ]
-
-
-TIE_EPS = 1e-6
-"""Scores closer than this count as tied; ranks resolve ties in the target's favour."""
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -49,7 +47,7 @@ def bri(ranks: Tensor) -> float:
     """Best log Rank Integral (PlugIR, log-rank version; lower is better).
 
     With ``m_t = min_{s<=t} R_s``: ``BRI = 1/T sum_{t=0}^{T-1} mean_q (ln m_t + ln m_{t+1}) / 2``,
-    T = number of question rounds. ranks: ``[Q, T+1]`` 1-based. REFERENCE.md works an example:
+    T = number of question rounds. ranks: ``[Q, T+1]`` 1-based. docs/METHOD.md works an example:
     ranks [8, 4, 6, 1, 1, 1] -> 0.7625.
     """
     if ranks.ndim != 2 or ranks.shape[1] < 2:
@@ -88,7 +86,7 @@ def prg(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, num_positives: 
         clamp: clamp to [-1, 1] (as when PRG is a reward).
 
     Returns:
-        ``[Q]`` float64. When the ranking was already ideal (``G* - G_{i-1} < 1e-9``, REFERENCE.md
+        ``[Q]`` float64. When the ranking was already ideal (``G* - G_{i-1} < 1e-9``, docs/METHOD.md
         **choice**): 0 if unchanged, else ``(G_i - G_{i-1}) / G*``. Negative when the round hurt.
     """
     g_prev = discounted_gain(prev_positive_ranks)  # [Q]
@@ -103,7 +101,7 @@ def prg(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, num_positives: 
 
 
 def semantic_ambiguity(target: Tensor, positive: Tensor, negatives: Tensor, alpha: float = 0.5) -> Tensor:
-    """SA of a candidate set (REFERENCE.md "Metrics"): how alike the hard negatives read and how
+    """SA of a candidate set (docs/METHOD.md "PRG, SA, DDI"): how alike the hard negatives read and how
     unlike the positive view reads, by the retriever's text encoder.
 
         SA = alpha * mean_n cos(t_target, t_neg_n) + (1 - alpha) * (1 - cos(t_target, t_pos))
@@ -130,3 +128,49 @@ def semantic_ambiguity(target: Tensor, positive: Tensor, negatives: Tensor, alph
 def ddi(sa: Tensor, prg_values: Tensor, w_sa: float = 0.5, w_rid: float = 0.5) -> Tensor:
     """Dialogue difficulty index: DDI = w_sa * SA + w_rid * RID with RID = 1 - PRG.  [N], [N] -> [N]"""
     return w_sa * sa.float() + w_rid * (1.0 - prg_values.float())
+
+
+# ---- paired comparisons of two runs over the same queries ---------------------------------------
+
+
+def per_query_bri(ranks: Tensor) -> Tensor:
+    """Each query's share of :func:`bri` (their mean is BRI).  ranks: ``[Q, T+1]`` -> ``[Q]``."""
+    log_m = ranks.cummin(dim=1).values.double().log()  # [Q, T+1]
+    return ((log_m[:, :-1] + log_m[:, 1:]) / 2).mean(dim=1)  # [Q]
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: the probability, with no difference between two methods, of a
+    split of the ``wins + losses`` discordant queries at least as uneven as the one seen.
+
+        p = min(1, 2 * sum_{i <= min(wins, losses)} C(n, i) / 2^n),  n = wins + losses
+
+    Ties (queries where both methods agree) carry no information and are left out by the caller.
+    """
+    if wins < 0 or losses < 0:
+        raise ValueError("wins and losses must be >= 0")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2.0 * tail / 2**n)
+
+
+def paired_bootstrap_interval(differences: Tensor, num_samples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean per-query difference between two methods, resampling the
+    queries with replacement (paired: a query's two values stay together).
+
+    differences: ``[Q]`` value of method A minus method B per query. Returns ``(low, high)``.
+    """
+    if differences.ndim != 1 or differences.numel() == 0:
+        raise ValueError("differences must be a non-empty [Q] tensor")
+    if not 0.0 < level < 1.0 or num_samples < 1:
+        raise ValueError("level must be in (0, 1) and num_samples >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    d = differences.double()
+    chunk = max(1, 2_000_000 // d.numel())  # bounded memory for large query sets
+    means = torch.cat([d[torch.randint(0, d.numel(), (min(chunk, num_samples - s), d.numel()), generator=gen)].mean(dim=1)
+                       for s in range(0, num_samples, chunk)])  # [S]
+    alpha = (1.0 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
+    return float(low), float(high)

@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from dlgpr.metrics import TIE_EPS
+from dlgpr.ranking import best_rank, exact_positive_ranks, positive_rows, positive_scores, ranks_from_lists
 from dlgpr.search import Backend, topk_search
 
 __all__ = ["rank_of_place", "unique_rows", "TextRetriever", "ModuleTextRetriever", "load_retriever"]
@@ -24,30 +24,41 @@ def rank_of_place(
     k: int,
     backend: Backend = "auto",
 ) -> Tensor:
-    """1-based rank of the best gallery image of each query's place within the top ``k``.
+    """Expected 1-based rank of the best gallery image of each query's place (``dlgpr.ranking``).
 
-    The rank is 1 + the number of listed images scored higher than that image by more than
-    ``TIE_EPS``: ties go in the target's favour, so the rank does not depend on how the backend
-    orders equal scores, nor on the order of the gallery rows (which differs between one process
-    and a DDP gather), nor on float noise between batch compositions.
+    Ties are neither in the target's favour nor against it: tied images count half (the expected
+    position under a random order of ties), so the rank does not depend on how the backend orders
+    equal scores, nor on the order of the gallery rows (which differs between one process and a
+    DDP gather), and a retriever that scores everything alike ranks at chance. The backend's top
+    ``k`` lists decide most queries; the positives' scores come from the embeddings, and a query
+    whose tie group reaches the end of its list is counted over the whole gallery.
 
     Args:
         queries: ``[Q, D]`` normalised query embeddings.
         query_labels: ``[Q]`` place id of each query.
         gallery: ``[G, D]`` normalised gallery embeddings.
         gallery_labels: ``[G]`` place id of each gallery image.
-        k: depth of the search; queries without a positive in the top k get ``k + 1``.
+        k: depth of the search; queries whose place is ranked deeper (or absent) get ``k + 1``.
 
     Returns:
-        ``[Q]`` int64 ranks.
+        ``[Q]`` float64 ranks (whole or half-integers when scores tie).
     """
+    rows = positive_rows(query_labels, gallery_labels)  # [Q, P]
+    valid = rows >= 0  # [Q, P]
+    if k < 1 or queries.shape[0] == 0 or gallery.shape[0] == 0:
+        return torch.full((queries.shape[0],), float(max(k, 0) + 1), dtype=torch.float64)
     scores, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
     scores, idx = scores.float().cpu(), idx.cpu()
-    valid = idx >= 0  # [Q, k]
-    hit = (gallery_labels.cpu()[idx.clamp(min=0)] == query_labels.cpu()[:, None]) & valid  # [Q, k]
-    best = torch.where(hit, scores, torch.full_like(scores, float("-inf"))).max(dim=1).values if k else torch.zeros(len(idx))  # [Q]
-    above = ((scores > best[:, None] + TIE_EPS) & valid).sum(dim=1)  # [Q]
-    return torch.where(hit.any(dim=1), above + 1, torch.full_like(above, k + 1)).long()
+    listed = idx >= 0  # [Q, k]
+    is_pos = (gallery_labels.cpu()[idx.clamp(min=0)] == query_labels.cpu()[:, None]) & listed  # [Q, k]
+    ps = positive_scores(queries.cpu(), gallery.cpu(), rows)  # [Q, P]
+    ranks, undecided = ranks_from_lists(scores, is_pos, listed, ps, valid, gallery.shape[0])
+    if undecided.any():
+        todo = undecided.nonzero().flatten()
+        exact, _, _ = exact_positive_ranks(queries.cpu()[todo], gallery.cpu(), rows[todo])
+        ranks[todo] = exact
+    best = best_rank(ranks, valid.sum(dim=1), k + 1)  # [Q]
+    return best.clamp(max=float(k + 1))
 
 
 def unique_rows(*ids: Tensor) -> Tensor:

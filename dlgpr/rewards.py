@@ -1,29 +1,64 @@
 """Reward functions for the GRPO loop: callables ``(prompts, completions, **batch) -> list[float]``.
 
 The loop (DQ-Pilot, and the GLOBE recipe) takes a list of them with weights from its config and
-knows nothing about what they measure (DESIGN.md, convention 6; trl's reward-function shape).
+knows nothing about what they measure (trl's reward-function shape).
+
+A reply that fails (malformed, a blank question, a question the user cannot answer, an answerer
+failure) must total strictly less than every well-formed question, or the group advantage can
+favour breaking the format. Reward functions say what they give through ``profile()``
+(:class:`RewardProfile`: the range over well-formed questions, the value per failure kind) and
+:func:`check_failure_order` refuses weights under which a failure could tie or beat a question
+(docs/DQPILOT.md, "Rewards").
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-__all__ = ["RewardFunction", "FORMAT_PATTERN", "format_reward", "WeightedReward", "combine_rewards"]
+from dlgpr.dialogue.reply_format import EMPTY_QUESTION, MALFORMED, check_reply
 
-FORMAT_PATTERN = re.compile(r"^<think>.*?</think>\s*<question>.*?</question>$", re.DOTALL)
-"""DQ-Pilot's output format (REFERENCE.md "DQ-Pilot"); dot matches newline."""
+__all__ = [
+    "RewardFunction", "FAILURE_KINDS", "RewardProfile", "format_reward", "FormatReward", "WeightedReward", "combine_rewards",
+    "check_failure_order",
+]
+
+log = logging.getLogger("dlgpr.rewards")
+
+UNANSWERABLE = "unanswerable"
+ANSWER_FAILURE = "answer_failure"
+FAILURE_KINDS = (MALFORMED, EMPTY_QUESTION, UNANSWERABLE, ANSWER_FAILURE)
+"""Ways a reply fails: not in the format; a blank question; a question the user cannot answer
+("I don't know"); no answer at all (the answerer failed or returned nothing)."""
 
 
 class RewardFunction(Protocol):
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]: ...
 
 
+@dataclass(frozen=True)
+class RewardProfile:
+    """What a reward function gives: ``well_formed`` = (lowest, highest) value over well-formed,
+    answered questions; ``failures`` = the value for each of :data:`FAILURE_KINDS`."""
+
+    well_formed: tuple[float, float]
+    failures: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.well_formed
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"well_formed must be (low, high) with low <= high, got {self.well_formed}")
+        missing = [k for k in FAILURE_KINDS if k not in self.failures]
+        if missing:
+            raise ValueError(f"a reward profile must give a value for every failure kind; missing {missing}")
+
+
 def format_reward(prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
-    """1.0 where the completion is exactly ``<think>...</think> <question>...</question>``, else 0.0."""
-    return [1.0 if isinstance(c, str) and FORMAT_PATTERN.match(c) else 0.0 for c in completions]
+    """1.0 where the completion is a well-formed reply (``dlgpr.dialogue.reply_format``: the
+    ``<think>..</think><question>..</question>`` format with a non-blank question), else 0.0."""
+    return [0.0 if check_reply(c)[2] else 1.0 for c in completions]
 
 
 @dataclass
@@ -63,3 +98,42 @@ class FormatReward:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
         return format_reward(prompts, completions, **batch)
+
+    def profile(self) -> RewardProfile:
+        # an unanswerable question, or one the user failed to answer, is still in the format
+        return RewardProfile(well_formed=(1.0, 1.0), failures={MALFORMED: 0.0, EMPTY_QUESTION: 0.0, UNANSWERABLE: 1.0, ANSWER_FAILURE: 1.0})
+
+
+def check_failure_order(rewards: Sequence[WeightedReward]) -> float | None:
+    """Refuse weights under which a failed reply could score as much as a well-formed question.
+
+    With each function's :class:`RewardProfile`, the lowest total a well-formed question can get
+    is ``sum_i min(w_i * lo_i, w_i * hi_i)`` and a failure of kind k totals ``sum_i w_i * f_i[k]``;
+    every failure total must be strictly below that lowest question total.
+
+    Returns the margin (lowest question total minus the highest failure total), or None when a
+    function has no ``profile()`` (the order cannot be checked; a warning says so).
+
+    Raises:
+        ValueError: a failure kind totals at least the lowest well-formed question.
+    """
+    profiles = []
+    for r in rewards:
+        if not math.isfinite(r.weight):
+            raise ValueError(f"reward {r.name!r} has a non-finite weight {r.weight}")
+        fn = getattr(r.fn, "profile", None)
+        if fn is None:
+            log.warning("reward %r declares no profile(): cannot check that failed replies score below every question", r.name)
+            return None
+        profiles.append((r, fn()))
+    lowest_question = sum(min(r.weight * p.well_formed[0], r.weight * p.well_formed[1]) for r, p in profiles)
+    failures = {k: sum(r.weight * p.failures[k] for r, p in profiles) for k in FAILURE_KINDS}
+    bad = {k: v for k, v in failures.items() if not v < lowest_question}
+    if bad:
+        terms = ", ".join(f"{r.name}: weight {r.weight}, question range {p.well_formed}, failures {p.failures}" for r, p in profiles)
+        raise ValueError(
+            f"with these rewards a failed reply can score as much as a well-formed question (lowest question total "
+            f"{lowest_question:.3f}; failure totals {', '.join(f'{k} {v:.3f}' for k, v in bad.items())}). Lower the failure "
+            f"value of the retrieval-gain reward or change the weights. [{terms}]"
+        )
+    return lowest_question - max(failures.values())

@@ -1,8 +1,8 @@
 """Exact top-k inner-product search with two interchangeable backends.
 
-``torch``: chunked ``q @ g.T`` + ``topk``; on a CPU it is the fastest exact search for the
-gallery sizes of this project (REFERENCE.md, "Measured on the build machine": 71 ms against
-300 ms for faiss' ``IndexFlatIP`` on 1k x 10k x 512). ``faiss``: ``IndexFlatIP``, on GPU when
+``torch``: chunked ``q @ g.T`` + ``topk``; on a CPU it is the faster exact search for the
+gallery sizes of this project (``python scripts/bench_search.py`` times both against the
+arithmetic floor; docs/BENCHMARKS.md). ``faiss``: ``IndexFlatIP``, on GPU when
 faiss has GPU support and the inputs live on CUDA; the backend for large galleries and the one
 a user can swap for an approximate index. ``auto`` picks torch for CPU galleries up to
 ``AUTO_FAISS_MIN_GALLERY`` items and faiss beyond.

@@ -9,8 +9,12 @@ dropped and the rest split by DDI into the ``sft`` and ``grpo`` stages
 (``dlgpr.pipeline.dialogues``). Also trains the byte-level BPE tokenizer of the from-scratch
 questioner on the corpus' prompts and replies (``<out_dir>/tokenizer``).
 
-Resumable: generated chunks live in ``<out_dir>/work`` and are reused by a rerun; the shards and
-the manifest are rewritten at the end from all chunks.
+Resumable: generated chunks live in ``<out_dir>/work`` (or ``work_dir``) and are reused by a
+rerun; the shards and the manifest are rewritten at the end from all chunks. A corpus that only
+draws its stages differently (``corpus.stage_sampling: random``, the paper's Table 4 "random
+sampling" row) reuses the dialogues of the DDI corpus through ``work_dir``:
+
+    python scripts/build_dialogues.py --config configs/build/dialogues_synthcities_random.yaml
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def build(
     tokenizer_vocab_size: int = 4096,
     max_description_words: int = 60,
     progress: bool = True,
+    work_dir: str | None = None,
 ) -> dict:
     """Args:
         retriever: checkpoint of the trained retriever (hard negatives, PRG, SA).
@@ -55,9 +60,11 @@ def build(
         max_description_words: candidate descriptions cut to this many words in the tokenizer's texts
             (the same cut the questioner's prompts use).
         progress: a progress bar per split.
+        work_dir: where the resumable dialogue chunks live (default ``<out_dir>/work``); another
+            corpus' chunks can be reused when only the stage sampling differs.
     """
     summary = build_corpus(retriever, data_dir, out_dir, teacher, answerer, corpus, train_split, val_split, limit, val_limit,
-                           tokenizer_vocab_size, max_description_words, progress)
+                           tokenizer_vocab_size, max_description_words, progress, work_dir)
     for split in (train_split, val_split):
         if split is not None:
             g = summary[f"{split}_generation"]

@@ -6,7 +6,7 @@ On GRPO-stage prompts: samples G completions per prompt from the policy (as a ro
 reports how many distinct questions a group holds and how often all G rewards are equal (a zero
 advantage: no gradient); then scores every canonical slot question with the same retrieval-gain
 reward to show how much PRG the best question would earn against the policy's greedy choice and
-the teacher's.
+the teacher's. A failed reply scores the reward's failure_value, as in training.
 """
 
 from __future__ import annotations

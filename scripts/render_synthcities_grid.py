@@ -136,7 +136,7 @@ def _record_json(record: PlaceRecord) -> str:
 PAGE = """# SynthCities: the embedded street-view world
 
 SynthCities is a deterministic procedural world written in exactly the DQ-Cities shard format
-(`dlgpr/data/shards.py`, REFERENCE.md "Data layouts"), so everything that reads SynthCities reads
+(`dlgpr/data/shards.py`, docs/METHOD.md "Data layouts"), so everything that reads SynthCities reads
 real DQ-Cities unchanged. It exists because real DQ-Cities / GSV-Cities images and pretrained
 weights cannot be fetched where this project is built and tested. Code: `dlgpr/data/synth/`.
 

@@ -68,19 +68,22 @@ def test_ablation_overrides_apply_to_the_main_config(config, monkeypatch, tmp_pa
 
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS])
-def test_every_config_parses(config, monkeypatch, tmp_path):
+def test_every_config_parses(config, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:  # --print_config parses, validates and exits 0
         main(["fit", "--config", str(config), "--print_config"])
     assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "default_hp_metric: false" in printed and "default_hp_metric: true" not in printed
 
 
 @pytest.mark.parametrize("config", OVERRIDE_CONFIGS, ids=[c.stem for c in OVERRIDE_CONFIGS])
-def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path):
+def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(ROOT / "configs" / "cmpl.yaml"), "--config", str(config), "--print_config"])
     assert exc.value.code == 0
+    assert "default_hp_metric: true" not in capsys.readouterr().out
 
 
 def test_dialogue_retriever_override_turns_on_dialogue_style_queries(monkeypatch, tmp_path):
@@ -243,3 +246,109 @@ def test_evaluate_dialogue_script_on_a_fitted_checkpoint(monkeypatch, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["queries"] == 8 and len(results["results"]["Teacher"]["queries"]) == 8  # one query per test place
     assert (out / "recall.png").stat().st_size > 0 and (out / "noise.md").is_file()
+
+    # the significance script reads what the evaluation wrote (two methods from one file)
+    spec = importlib.util.spec_from_file_location("significance", ROOT / "scripts" / "significance.py")
+    significance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(significance)
+    report = significance.main([str(out / "results.json"), str(out / "results.json"), "--a", "Teacher", "--b", "Random", "--rounds", "3"])
+    assert report["queries"] == 8 and [r["metric"] for r in report["rows"]] == ["round3/recall@1", "round3/recall@5", "bri"]
+    teacher = results["results"]["Teacher"]["summary"]
+    assert report["rows"][0]["a"] == pytest.approx(teacher["round3/recall@1"]) and report["rows"][2]["a"] == pytest.approx(teacher["bri"])
+
+
+# ---- where runs land, and resuming ----------------------------------------------------------------
+
+
+def _scalar_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in log_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_logs_config_and_checkpoints_go_under_default_root_dir(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    root = tmp_path / "runs" / "exp1"
+    cli = main(["fit", *tiny_args(tmp_path / "d", "--trainer.default_root_dir", str(root), "--trainer.limit_train_batches", "2",
+                                  "--trainer.max_epochs", "1")])
+    run = root / "lightning_logs" / "version_0"
+    assert Path(cli.trainer.log_dir) == run
+    assert any(run.glob("events.out.tfevents.*")) and (run / "config.yaml").is_file() and (run / "retrieval_val.jsonl").is_file()
+    assert Path(cli.trainer.checkpoint_callback.last_model_path) == run / "checkpoints" / "last.ckpt"
+    assert not (tmp_path / "lightning_logs").exists()  # nothing where the flag did not point
+    tags = _scalar_tags(run)
+    assert "val/recall@1" in tags and "hp_metric" not in tags  # TensorBoard's placeholder metric is off
+
+
+def test_a_pinned_version_never_mixes_two_runs_in_one_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    pinned = tiny_args(tmp_path / "d", "--trainer.logger.init_args.version", "pinned", "--trainer.limit_train_batches", "2",
+                       "--trainer.max_epochs", "1")
+    main(["fit", *pinned])
+    folder = tmp_path / "lightning_logs" / "pinned"
+    events = sorted(folder.glob("events.out.tfevents.*"))
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["fit", *pinned])
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["validate", *pinned])
+    assert sorted(folder.glob("events.out.tfevents.*")) == events  # nothing written by the refused runs
+    # resuming that run is what the folder is for
+    resumed = main(["fit", *pinned[:-2], "--trainer.max_epochs", "2", "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")])
+    assert resumed.trainer.global_step == 4
+    # an unpinned run takes the next free version instead
+    cli = main(["fit", *tiny_args(tmp_path / "d", "--trainer.limit_train_batches", "1", "--trainer.max_epochs", "1")])
+    assert Path(cli.trainer.log_dir).name == "version_0"
+
+
+def test_a_killed_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+    """configs/cmpl.yaml (tiny) for 3 epochs, SIGKILLed once an end-of-epoch checkpoint exists and
+    resumed with --ckpt_path: same metrics and the same weights as the run that was not stopped."""
+    import shutil
+    import signal
+    import time
+
+    data = tmp_path / "d"
+    make_tiny_dataset(data)
+    # every epoch's weights too: the config's last.ckpt follows its best val/recall@1 checkpoint only
+    every_epoch = '{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "every-{epoch}", "save_top_k": -1}}'
+    args = tiny_args(data, "--trainer.max_epochs", "3", f"--trainer.callbacks+={every_epoch}")
+    full = _run_dlgpr(["fit", *args, "--trainer.logger.init_args.version", "full"], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dlgpr", "fit", *args, "--trainer.logger.init_args.version", "killed"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "lightning_logs" / "killed" / "checkpoints" / "last.ckpt"
+    saved, deadline = None, time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.is_file():
+            try:
+                saved = torch.load(last, map_location="cpu", weights_only=False)
+            except Exception:  # still being written
+                saved = None
+            if saved is not None:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert saved is not None and saved["epoch"] < 2  # killed with epochs left to run
+    resume_from = tmp_path / "resume.ckpt"
+    shutil.copy(last, resume_from)
+    resumed = _run_dlgpr(["fit", *args, "--trainer.logger.init_args.version", "killed", "--ckpt_path", str(resume_from)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    logs = tmp_path / "lightning_logs"
+    final = _last_json(logs / "full" / "retrieval_val.jsonl")
+    assert final["epoch"] == 2 and final == _last_json(logs / "killed" / "retrieval_val.jsonl")
+    assert _last_json(logs / "full" / "dialogue_val.jsonl") == _last_json(logs / "killed" / "dialogue_val.jsonl")
+    a = torch.load(logs / "full" / "checkpoints" / "every-epoch=2.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(logs / "killed" / "checkpoints" / "every-epoch=2.ckpt", map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] > 0 and set(a["state_dict"]) == set(b["state_dict"])
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])  # bit for bit

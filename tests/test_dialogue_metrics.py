@@ -7,7 +7,7 @@ from dlgpr.metrics import bri, cumulative_recall, discounted_gain, ideal_gain, p
 
 
 def test_bri_reference_example():
-    # REFERENCE.md: ranks [8, 4, 6, 1, 1, 1] -> m = [8, 4, 4, 1, 1, 1] -> 0.7625
+    # docs/METHOD.md's worked example: ranks [8, 4, 6, 1, 1, 1] -> m = [8, 4, 4, 1, 1, 1] -> 0.7625
     expected = ((math.log(8) + math.log(4)) / 2 + (math.log(4) + math.log(4)) / 2 + (math.log(4) + 0) / 2) / 5
     assert expected == pytest.approx(0.7625, abs=1e-4)
     assert bri(torch.tensor([[8, 4, 6, 1, 1, 1]])) == pytest.approx(expected, abs=1e-9)

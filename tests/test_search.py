@@ -43,29 +43,31 @@ def test_rank_of_place_against_naive():
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_rank_of_place_ties_go_to_the_target_whatever_the_gallery_order(backend):
+def test_rank_of_place_ties_count_half_whatever_the_gallery_order(backend):
     # two identical images of different places: whichever row comes first, the query of either
-    # place ranks its own image first (the tie is resolved in the target's favour)
+    # place ranks its own image at 1.5 (the expected position under a random order of the tie)
     img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]), dim=1)
     gallery = torch.stack([img[0], img[0], img[1]])  # rows 0 and 1 are the same picture
     q = torch.stack([img[0], img[0]])
     for order in ([0, 1, 2], [1, 0, 2]):
         labels = torch.tensor([7, 8, 9])[order]
         ranks = rank_of_place(q, torch.tensor([7, 8]), gallery, labels, k=3, backend=backend)
-        assert ranks.tolist() == [1, 1]
+        assert ranks.tolist() == [1.5, 1.5]
+        assert rank_of_place(q, torch.tensor([7, 8]), gallery, labels, k=1, backend=backend).tolist() == [1.5, 1.5]  # tie at the list's end
     ranks = rank_of_place(q[:1], torch.tensor([9]), gallery, torch.tensor([7, 8, 9]), k=3, backend=backend)
     assert ranks.tolist() == [3]  # two images strictly above it
     assert rank_of_place(q[:1], torch.tensor([9]), gallery, torch.tensor([7, 8, 9]), k=2, backend=backend).tolist() == [3]  # not in the list: k + 1
 
 
 def test_rank_of_place_ignores_empty_slots(monkeypatch):
-    # a backend may pad a short list with -1: it must not alias gallery row 0
+    # a backend may pad a short list with -1: the slot is neither a hit nor an image above the target
     import dlgpr.retrieval as retrieval
 
-    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[0.9, 0.5]]), torch.tensor([[-1, 1]])))
-    assert rank_of_place(torch.zeros(1, 2), torch.tensor([4]), torch.zeros(2, 2), torch.tensor([4, 8]), k=2).tolist() == [3]
-    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[0.9, 0.5]]), torch.tensor([[-1, 0]])))
-    assert rank_of_place(torch.zeros(1, 2), torch.tensor([4]), torch.zeros(2, 2), torch.tensor([4, 8]), k=2).tolist() == [1]
+    gallery = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # scores 1.0, 0.8, 0.0 against [1, 0]
+    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.8]]), torch.tensor([[-1, 1]])))
+    assert rank_of_place(torch.tensor([[1.0, 0.0]]), torch.tensor([4]), gallery, torch.tensor([4, 8, 9]), k=2).tolist() == [1]
+    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.0]]), torch.tensor([[-1, 2]])))
+    assert rank_of_place(torch.tensor([[0.0, 1.0]]), torch.tensor([4]), gallery, torch.tensor([4, 8, 9]), k=2).tolist() == [3]
 
 
 def test_unique_rows_keeps_first_occurrence():

@@ -1,4 +1,4 @@
-"""Typed records of the DQ-Cities shard format (REFERENCE.md, "Data layouts").
+"""Typed records of the DQ-Cities shard format (docs/METHOD.md, "Data layouts").
 
 One :class:`PlaceRecord` per gallery image. It is stored in a WebDataset tar as two members
 sharing the key ``<City>_<place:07d>_<view>``: ``<key>.jpg`` (the image) and ``<key>.json``

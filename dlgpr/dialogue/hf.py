@@ -1,4 +1,4 @@
-"""A questioner backed by a local Hugging Face model (REFERENCE.md, "Dialogue loop", "DQ-Pilot").
+"""A questioner backed by a local Hugging Face model (docs/METHOD.md, "The dialogue", "DQ-Pilot").
 
 :class:`HFQuestioner` turns each :class:`~dlgpr.dialogue.types.QuestionRequest` into chat
 messages (:func:`~dlgpr.dialogue.prompts.questioner_messages`), renders them with the model's

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.dialogue.types import Answerer, AnswerRequest, Candidate, Questioner, QuestionRequest, Target, Turn
-from dlgpr.metrics import TIE_EPS, bri, cumulative_recall, prg, recall_per_round
+from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
+from dlgpr.ranking import best_rank, exact_positive_ranks, positive_rows, positive_scores, ranks_from_lists
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import Backend, topk_search
 
@@ -93,7 +94,8 @@ def compose_query(initial_description: str, history: Sequence[Turn]) -> str:
 class DialogueResult:
     """Everything a dialogue run produced, per query and round (rounds 0..T).
 
-    ``ranks [Q, T+1]``: 1-based rank of the best image of the target place; ``positive_ranks
+    ``ranks [Q, T+1]``: 1-based rank of the best image of the target place (float64: the
+    expected rank of ``dlgpr.ranking``, a half-integer when scores tie); ``positive_ranks
     [Q, T+1, P]``: ranks of all its images (0 = padding); ``num_positives [Q]``; ``turns[q]``:
     the T exchanges; ``top_keys[q][t]``: the candidates of round t.
     """
@@ -149,10 +151,10 @@ class DialogueResult:
 
     def transcript(self, i: int) -> str:
         q = self.queries[i]
-        lines = [f"query {q.query_id} (place {q.target.place_id}): \"{q.initial_description}\" -> rank {int(self.ranks[i, 0])}"]
+        lines = [f"query {q.query_id} (place {q.target.place_id}): \"{q.initial_description}\" -> rank {float(self.ranks[i, 0]):g}"]
         for t, turn in enumerate(self.turns[i], start=1):
             status = f" [failed: {turn.failure}]" if turn.failed else ""
-            lines.append(f"  Q{t}: {turn.question}{status}\n  A{t}: {turn.answer} -> rank {int(self.ranks[i, t])}")
+            lines.append(f"  Q{t}: {turn.question}{status}\n  A{t}: {turn.answer} -> rank {float(self.ranks[i, t]):g}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -161,71 +163,46 @@ class DialogueResult:
 
 
 
-def _positive_ranks(idx: Tensor, scores: Tensor, labels: Tensor, gallery: Gallery, max_pos: int) -> tuple[Tensor, Tensor]:
-    """Best rank ``[Q]`` and the ranks of all positives ``[Q, max_pos]`` from top lists ``[Q, depth]``.
+def _positive_ranks(idx: Tensor, scores: Tensor, labels: Tensor, emb: Tensor, gallery: Gallery, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Best rank ``[Q]`` and the ranks of all positives ``[Q, P]`` from a backend's top lists ``[Q, depth]``.
 
-    A positive's rank is 1 + the number of images scored strictly higher (by more than
-    ``TIE_EPS``): ties are resolved in the target's favour, so ranks do not depend on how a
-    search backend orders equal scores (or on float noise between batched and single queries).
-    Positives not in the list get ``depth + 1``; entries past a query's |P| are 0 (padding).
+    The rank rule of ``dlgpr.ranking`` (expected rank under a random order of ties): the lists
+    decide the positives they cover, the positives' scores come from the embeddings, and a query
+    whose tie group reaches the end of its list is counted over the whole gallery. Positives
+    deeper than the list get ``depth + 1``; entries past a query's |P| are 0 (padding).
     """
-    q, depth = idx.shape
-    hit = gallery.place_ids[idx] == labels[:, None]  # [Q, depth]
-    desc = scores.float().contiguous()  # [Q, depth], best first
-    better = torch.searchsorted(-desc, -(desc + TIE_EPS).contiguous())  # [Q, depth]: images scored higher
-    r = torch.where(hit, better + 1, torch.full_like(better, depth + 1)).sort(dim=1).values  # [Q, depth]
-    if r.shape[1] < max_pos:
-        r = torch.cat([r, torch.full((q, max_pos - r.shape[1]), depth + 1, dtype=r.dtype)], dim=1)
-    r = r[:, :max_pos]  # [Q, P]
-    n_pos = torch.tensor([gallery.num_positives(int(p)) for p in labels])  # [Q]
-    r = torch.where(torch.arange(max_pos)[None, :] < n_pos[:, None], r, torch.zeros_like(r))
-    best = torch.where(n_pos > 0, r[:, 0], torch.full_like(n_pos, depth + 1))
-    return best, r
+    depth = idx.shape[1]
+    listed = idx >= 0  # [Q, depth]
+    is_pos = (gallery.place_ids[idx.clamp(min=0)] == labels[:, None]) & listed  # [Q, depth]
+    valid = rows >= 0  # [Q, P]
+    ps = positive_scores(emb, gallery.embeddings, rows)  # [Q, P]
+    ranks, undecided = ranks_from_lists(scores.float(), is_pos, listed, ps, valid, len(gallery))
+    if undecided.any():
+        todo = undecided.nonzero().flatten()
+        ranks[todo] = exact_positive_ranks(emb[todo], gallery.embeddings, rows[todo])[0]
+    return best_rank(ranks, valid.sum(dim=1), depth + 1), ranks
 
 
-def _exact_search(
-    emb: Tensor, gallery_emb: Tensor, labels: Tensor, gallery: Gallery, max_pos: int, k: int, chunk: int = 1024
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-``k`` candidates and exact positive ranks over the whole gallery, chunked over queries.
+def _exact_search(emb: Tensor, gallery: Gallery, rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-``k`` candidates and exact positive ranks over the whole gallery (``dlgpr.ranking``).
 
-    Ranks count the images scored higher than each positive (``1 + #{s > s_pos + TIE_EPS}``), the
-    same tie rule as :func:`_positive_ranks`, without sorting the gallery.
-    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, max_pos]``.
+    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, P]``.
     """
-    pos_index = torch.full((len(labels), max_pos), -1, dtype=torch.long)  # [Q, P] gallery rows of each target
-    by_place: dict[int, Tensor] = {}
-    for i, p in enumerate(labels.tolist()):
-        rows = by_place.setdefault(p, (gallery.place_ids == p).nonzero().flatten())
-        pos_index[i, : len(rows)] = rows[:max_pos]
-    out_s, out_i, out_r = [], [], []
-    for start in range(0, len(labels), chunk):
-        sim = emb[start : start + chunk] @ gallery_emb.T  # [q, G]
-        s, i = sim.topk(k, dim=1)  # [q, k]
-        pidx = pos_index[start : start + chunk]  # [q, P]
-        ps = sim.gather(1, pidx.clamp(min=0))  # [q, P]
-        r = (sim[:, None, :] > ps[:, :, None] + TIE_EPS).sum(dim=2) + 1  # [q, P]
-        out_s.append(s.cpu())
-        out_i.append(i.cpu())
-        out_r.append(torch.where(pidx >= 0, r, torch.zeros_like(r)).cpu())
-    n_pos = (pos_index >= 0).sum(dim=1)  # [Q]
-    raw = torch.cat(out_r)  # [Q, P], 0 in padding
-    # sort the real ranks ascending and put the padding behind them
-    real = torch.where(pos_index >= 0, raw, torch.full_like(raw, torch.iinfo(torch.long).max)).sort(dim=1).values
-    positive = torch.where(torch.arange(max_pos)[None, :] < n_pos[:, None], real, torch.zeros_like(real))
-    best = torch.where(n_pos > 0, positive[:, 0], torch.full_like(n_pos, len(gallery) + 1))
-    return torch.cat(out_s), torch.cat(out_i), best, positive
+    ranks, scores, idx = exact_positive_ranks(emb.float(), gallery.embeddings, rows, k)
+    best = best_rank(ranks, (rows >= 0).sum(dim=1), len(gallery) + 1)
+    return scores, idx, best, ranks
 
 
 def gallery_positive_ranks(emb: Tensor, gallery: Gallery, place_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Exact ranks of every image of each query's place over the whole gallery.
+    """Exact ranks of every image of each query's place over the whole gallery (``dlgpr.ranking``).
 
     ``emb [Q, D]`` normalised query embeddings. Returns ``positive ranks [Q, P]`` (ascending,
     0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes.
     """
     labels = torch.as_tensor(list(place_ids), dtype=torch.long)
-    max_pos = max(1, max(gallery.num_positives(int(p)) for p in labels.unique()))
-    _, _, _, positive = _exact_search(emb.float(), gallery.embeddings.float(), labels, gallery, max_pos, 1)
-    return positive, torch.tensor([gallery.num_positives(int(p)) for p in labels])
+    rows = positive_rows(labels, gallery.place_ids)  # [Q, P]
+    ranks, _, _ = exact_positive_ranks(emb.float(), gallery.embeddings, rows)
+    return ranks, (rows >= 0).sum(dim=1)
 
 
 def run_dialogue(
@@ -272,8 +249,8 @@ def run_dialogue(
     depth = len(gallery) if rank_depth is None else min(int(rank_depth), len(gallery))
     depth = max(depth, min(top_k, len(gallery)))
     labels = torch.tensor([q.target.place_id for q in queries], dtype=torch.long)
-    max_pos = max(gallery.num_positives(int(p)) for p in labels.unique())
-    if max_pos == 0:
+    rows = positive_rows(labels, gallery.place_ids)  # [Q, P] gallery rows of each target place
+    if not bool((rows >= 0).any()):
         raise ValueError("no query's target place has an image in the gallery")
     stats: Counter = Counter()
     stats["targets_missing_from_gallery"] = sum(1 for p in labels.tolist() if gallery.num_positives(p) == 0)
@@ -290,11 +267,11 @@ def run_dialogue(
         timings["encode"] += time.perf_counter() - start
         start = time.perf_counter()
         if rank_depth is None:  # exact: candidates by top-k, ranks by counting (no full sort)
-            scores, idx, best, all_pos = _exact_search(emb.float(), gallery_emb, labels, gallery, max_pos, min(top_k, len(gallery)))
+            scores, idx, best, all_pos = _exact_search(emb.float(), gallery, rows, min(top_k, len(gallery)))
         else:
             scores, idx = topk_search(emb, gallery_emb, depth, backend=backend)  # [Q, depth]
             idx, scores = idx.cpu(), scores.cpu()
-            best, all_pos = _positive_ranks(idx, scores, labels, gallery, max_pos)
+            best, all_pos = _positive_ranks(idx, scores, labels, emb.float().cpu(), gallery, rows)
         timings["search"] += time.perf_counter() - start
         ranks.append(best)
         pos_ranks.append(all_pos)

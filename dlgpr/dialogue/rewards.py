@@ -1,14 +1,18 @@
-"""The retrieval-gain reward of DQ-Pilot GRPO (REFERENCE.md "DQ-Pilot": R_prg = PRG of the round).
+"""The retrieval-gain reward of DQ-Pilot GRPO (docs/METHOD.md, "DQ-Pilot": R_prg = PRG of the round).
 
 For each sampled completion: parse the question, let the simulated user answer it about the
 target, append the answer to the query (``d_t = concat(d_0, a_1..a_t)``) and re-rank the whole
 gallery with the frozen retriever; the reward is the PRG between the ranks before and after
-(clamped to [-1, 1]). All queries of a call, before and after, go through one batched text
-encode and one exact search.
+(clamped to [-1, 1]; ranks by ``dlgpr.ranking``). All queries of a call, before and after, go
+through one batched text encode and one exact search.
 
-Bad samples give 0 and are counted in :attr:`RetrievalGainReward.last_stats`: a completion not in
-the ``<think>..</think><question>..</question>`` format (the format reward already scores it), a
-question the user cannot answer ("I don't know"), or an answerer failure.
+A failed reply scores ``failure_value`` (default -1.5), below the -1 of the worst question, so
+that with the format reward's weight it totals less than every well-formed question
+(``dlgpr.rewards.check_failure_order``); each is counted in :attr:`RetrievalGainReward.last_stats`:
+a completion not in the ``<think>..</think><question>..</question>`` format or with a blank
+question (``format_failures``), a question the user cannot answer ("I don't know":
+``unanswerable``), or no answer (``answer_failures``). A target with no image in the gallery is
+the data's fault, not the reply's: the question scores 0 and ``target_not_in_gallery`` counts it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dlgpr.dialogue.loop import Gallery, compose_query, gallery_positive_ranks
 from dlgpr.dialogue.types import Answerer, AnswerRequest, Target, Turn, parse_question
 from dlgpr.metrics import prg
 from dlgpr.retrieval import TextRetriever
+from dlgpr.rewards import FAILURE_KINDS, UNANSWERABLE, RewardProfile
 
 
 class RetrievalGainReward:
@@ -36,9 +41,12 @@ class RetrievalGainReward:
             come from the train split, validation prompts from val). A target without an image
             in the gallery scores 0 and is counted (``target_not_in_gallery``).
         answerer: the simulated user (the SynthCities oracle by default).
-        unanswerable: answers that carry no information; they score 0 instead of the noise a
-            re-ranking of "I don't know" would give.
-        clamp: clamp PRG to [-1, 1] (REFERENCE.md: as a reward it is clamped).
+        unanswerable: answers that carry no information; they score ``failure_value`` instead of
+            the noise a re-ranking of "I don't know" would give.
+        clamp: clamp PRG to [-1, 1] (as a reward it is clamped; unclamped, PRG has no lower bound
+            and no failure value can lie below every question).
+        failure_value: the reward of a failed reply (malformed, blank question, unanswerable, no
+            answer); it must be below -1, the lowest clamped PRG.
         batch_size: texts per encoder call.
     """
 
@@ -50,14 +58,18 @@ class RetrievalGainReward:
         answerer: Answerer | None = None,
         unanswerable: list[str] | None = None,
         clamp: bool = True,
+        failure_value: float = -1.5,
         batch_size: int = 256,
     ) -> None:
+        if not failure_value < -1.0:
+            raise ValueError(f"failure_value must be below -1 (the lowest PRG a question can earn), got {failure_value}")
         self.retriever_path = retriever
         self.data_dir = data_dir
         self.splits = list(splits) if splits is not None else ["train", "val"]
         self.answerer = answerer if answerer is not None else OracleAnswerer()
         self.unanswerable = {a.strip().lower() for a in (unanswerable if unanswerable is not None else [DONT_KNOW, DONT_REMEMBER])}
         self.clamp = clamp
+        self.failure_value = float(failure_value)
         self.batch_size = batch_size
         self._retriever: TextRetriever | None = None
         self._gallery: Gallery | None = None
@@ -69,6 +81,11 @@ class RetrievalGainReward:
         self = cls(retriever="", answerer=answerer, **kwargs)
         self._retriever, self._gallery = retriever, gallery
         return self
+
+    def profile(self) -> RewardProfile:
+        """PRG in [-1, 1] (no lower bound unclamped) for a well-formed question; ``failure_value`` for every failure."""
+        return RewardProfile(well_formed=(-1.0 if self.clamp else float("-inf"), 1.0),
+                             failures={k: self.failure_value for k in FAILURE_KINDS})
 
     def _load(self) -> tuple[TextRetriever, Gallery]:
         if self._retriever is None or self._gallery is None:
@@ -106,18 +123,19 @@ class RetrievalGainReward:
         answers = self.answerer.answer(requests) if requests else []
         informative = []
         new_turn: dict[int, Turn] = {}
+        values = [self.failure_value] * n  # failed replies keep it
         for i, a in zip(asking, answers):
             text = " ".join(a.text.split()) if a.ok else ""
             if not a.ok or not text:
                 stats["answer_failures"] += 1
             elif text.lower() in self.unanswerable:
-                stats["unanswerable"] += 1
+                stats[UNANSWERABLE] += 1
             elif gallery.num_positives(target[i].place_id) == 0:
                 stats["target_not_in_gallery"] += 1
+                values[i] = 0.0  # the data's fault, the same for every sample of the prompt
             else:
                 informative.append(i)
                 new_turn[i] = Turn(question=questions[i].text, answer=text)
-        values = [0.0] * n
         if informative:
             before = [compose_query(initial_description[i], history[i]) for i in informative]
             after = [compose_query(initial_description[i], [*history[i], new_turn[i]]) for i in informative]

@@ -1,4 +1,4 @@
-"""Data passed between the dialogue loop, questioners and answerers (REFERENCE.md, "Dialogue loop").
+"""Data passed between the dialogue loop, questioners and answerers (docs/METHOD.md, "The dialogue").
 
 Round 0 retrieves with the initial description d_0. In round t >= 1 a questioner sees the top
 candidates of round t-1 and the history and asks q_t; a simulated user answers a_t; the query
@@ -19,8 +19,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from PIL import Image
 from torch import Tensor
 
-QUESTION_FORMAT = re.compile(r"^\s*<think>(.*?)</think>\s*<question>(.*?)</question>\s*$", re.DOTALL)
-"""The DQ-Pilot output format (REFERENCE.md, "DQ-Pilot"): ``<think>..</think><question>..</question>``."""
+from dlgpr.dialogue.reply_format import check_reply
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,12 @@ class Answerer(Protocol):
 
 
 def parse_question(raw: str) -> Question:
-    """Parse ``<think>..</think><question>..</question>``; a reply in another form is ``ok=False``."""
-    m = QUESTION_FORMAT.match(raw or "")
-    if m is None or not m.group(2).strip():
+    """Parse ``<think>..</think><question>..</question>`` (``dlgpr.dialogue.reply_format``, the
+    definition the format reward uses); a reply in another form, or a blank question, is ``ok=False``."""
+    think, question, failure = check_reply(raw)
+    if failure:
         return Question(text="", raw=raw or "", ok=False, error="question_format")
-    return Question(text=" ".join(m.group(2).split()), think=m.group(1).strip(), raw=raw)
+    return Question(text=question, think=think, raw=raw)
 
 
 def format_question(think: str, question: str) -> str:

@@ -4,7 +4,7 @@
 weight of a small model trained from scratch) on the corpus' completions, the loss on the
 completion tokens only (the datamodule masks the labels).
 
-``GRPOModule`` is our own loop (DESIGN.md convention 6), top to bottom per batch of prompts:
+``GRPOModule`` is our own loop, top to bottom per batch of prompts:
 
     rollout()           G completions per prompt, one batched ``generate`` with the KV cache
     score()             rewards (pluggable callables with weights) -> group_advantages()
@@ -39,7 +39,7 @@ from dlgpr.dialogue.prompts import questioner_messages
 from dlgpr.losses import group_advantages, grpo_loss
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
-from dlgpr.rewards import WeightedReward, combine_rewards
+from dlgpr.rewards import WeightedReward, check_failure_order, combine_rewards
 
 log = logging.getLogger("dlgpr.modules")
 
@@ -236,9 +236,12 @@ class GRPOModule(QuestionerModule):
         export_dir: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(policy, lora, lr, optim, show_images, max_prompt_tokens, max_description_words, export_dir, seed)
         if not rewards:
             raise ValueError("GRPOModule needs at least one reward")
+        # a failed reply (malformed, blank, unanswerable, unanswered) must total below every
+        # well-formed question, or the advantage can favour breaking the format (before loading the policy)
+        check_failure_order(rewards)
+        super().__init__(policy, lora, lr, optim, show_images, max_prompt_tokens, max_description_words, export_dir, seed)
         self.rewards = rewards
         self.grpo = grpo
         self.automatic_optimization = False

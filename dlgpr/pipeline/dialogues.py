@@ -1,4 +1,4 @@
-"""The DQ-Pilot dialogue corpus (paper section 3.2 step 3-4; REFERENCE.md "Metrics", "Data layouts").
+"""The DQ-Pilot dialogue corpus (paper section 3.2 step 3-4; docs/METHOD.md "PRG, SA, DDI and the corpus split", "Data layouts").
 
 For every place of a split, a teacher questioner holds a ``rounds``-round dialogue over a
 *compact candidate set*: the target view, a positive view of the same place and the
@@ -35,7 +35,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -162,6 +162,10 @@ class CorpusConfig:
     """Share of low-DDI turns in the SFT stage."""
     grpo_high_fraction: float = 0.7
     """Share of high-DDI turns in the GRPO stage."""
+    stage_sampling: Literal["ddi", "random"] = "ddi"
+    """How the stages are drawn from the kept turns: ``ddi`` (the method: the DDI mixes above) or
+    ``random`` (the paper's Table 4 "random sampling" row: disjoint stages of the same sizes drawn
+    at random from the kept turns, whatever their DDI)."""
     chunk_places: int = 200
     """Places per resumable work chunk."""
     retry_failed: bool = True
@@ -181,6 +185,8 @@ class CorpusConfig:
                 raise ValueError(f"corpus.{name} must be >= 0")
         if self.size_ratio <= 0:
             raise ValueError(f"corpus.size_ratio must be > 0, got {self.size_ratio}")
+        if self.stage_sampling not in ("ddi", "random"):
+            raise ValueError(f"corpus.stage_sampling must be 'ddi' or 'random', got {self.stage_sampling!r}")
 
 
 # ---- candidate sets --------------------------------------------------------------------------------
@@ -284,6 +290,8 @@ def generate_turns(
 def split_by_ddi(turns: Sequence[DialogueTurnRecord], config: CorpusConfig) -> tuple[dict[str, list[DialogueTurnRecord]], dict[str, Any]]:
     """Drop PRG < tau_1, split at the DDI threshold, draw the disjoint ``sft`` and ``grpo`` stages.
 
+    With ``stage_sampling="random"`` the stages have the sizes the DDI draw gives, but their
+    turns are drawn at random from all kept turns (the ablation of the DDI selection).
     Returns the stages (records with ``stage`` set) and the numbers behind them.
     """
     kept = [t for t in turns if t.prg >= config.prg_threshold]
@@ -312,11 +320,18 @@ def split_by_ddi(turns: Sequence[DialogueTurnRecord], config: CorpusConfig) -> t
     grpo = high[sft_high : sft_high + grpo_high] + low[sft_low : sft_low + grpo_low]
     if len(sft) < n_sft or len(grpo) < n_grpo:
         log.warning("DDI split: asked for %d SFT / %d GRPO turns, the kept turns supply %d / %d", n_sft, n_grpo, len(sft), len(grpo))
+    if config.stage_sampling == "random":  # the same sizes, turns drawn whatever their DDI
+        pool = sorted(kept, key=lambda t: t.key)
+        random.Random(f"random-stages/{config.seed}").shuffle(pool)
+        sft, grpo = pool[: len(sft)], pool[len(sft) : len(sft) + len(grpo)]
+        sft_low, grpo_low = sum(t.ddi <= thr for t in sft), sum(t.ddi <= thr for t in grpo)
+        sft_high, grpo_high = len(sft) - sft_low, len(grpo) - grpo_low
     stages = {
         "sft": sorted((_with_stage(t, "sft") for t in sft), key=lambda t: t.key),
         "grpo": sorted((_with_stage(t, "grpo") for t in grpo), key=lambda t: t.key),
     }
     info = {
+        "stage_sampling": config.stage_sampling,
         "turns": len(turns), "kept_after_prg_filter": len(kept), "ddi_threshold": thr, "low_ddi": len(low), "high_ddi": len(high),
         "sft": {"turns": len(sft), "low_ddi": sft_low, "high_ddi": sft_high},
         "grpo": {"turns": len(grpo), "low_ddi": grpo_low, "high_ddi": grpo_high},
@@ -536,9 +551,13 @@ def build_corpus(
     tokenizer_vocab_size: int = 4096,
     max_description_words: int = 60,
     progress: bool = False,
+    work_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Dialogues of every place of ``train_split`` (and ``val_split``), PRG/SA/DDI, the DDI split,
-    dialogue-turn shards and manifest in ``out_dir`` (resumable through ``out_dir/work``).
+    dialogue-turn shards and manifest in ``out_dir`` (resumable through ``work_dir``, by default
+    ``out_dir/work``). The chunks depend on the retriever, the teacher, the user and the
+    generation settings, not on how the stages are drawn: a corpus that differs only in
+    ``stage_sampling`` (or the sizes and mixes of the stages) can share another's ``work_dir``.
 
     A teacher with ``bind_records`` (the API teacher's evidence base) gets the place records first.
     Returns the summary stored in the manifest's ``extra``.
@@ -566,7 +585,8 @@ def build_corpus(
         if hasattr(teacher, "bind_records"):
             teacher.bind_records(records)
         gallery = encode_split_gallery(module, data_dir, split)
-        turns, stats = build_split_turns(records, gallery, text_retriever, teacher, answerer, corpus, out / "work", split, lim, progress)
+        work = Path(work_dir) if work_dir is not None else out / "work"
+        turns, stats = build_split_turns(records, gallery, text_retriever, teacher, answerer, corpus, work, split, lim, progress)
         split_turns[split] = turns
         summary[f"{split}_generation"] = {**stats, **summarize_turns(turns)}
         log.info("%s: %d dialogues, %d turns (%d failed)", split, stats["dialogues"], stats["turns"], stats["failed_turns"])

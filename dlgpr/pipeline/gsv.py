@@ -1,4 +1,4 @@
-"""Reading a GSV-Cities folder: the input of the DQ-Cities builder (REFERENCE.md, "Data layouts").
+"""Reading a GSV-Cities folder: the input of the DQ-Cities builder (docs/METHOD.md, "Data layouts").
 
 GSV-Cities (Ali-bey et al. 2022) stores one CSV per city, ``Dataframes/<City>.csv`` with columns
 ``place_id, year, month, northdeg, city_id, lat, lon, panoid``, and the images at

@@ -233,5 +233,6 @@ def test_plugir_with_a_chat_model_over_the_api(fake_openai):
     asked = [t.question for t in res.turns[0]]
     assert asked[0] in ("What colour is the door?", "Is there a phone booth next to the door?")
     assert "What is the house number?" not in asked  # the LM said it is already answered
-    assert res.ranks[0, -1] == 1
+    # the fake rewrite keeps the answers only ('The door is red.'): the two red doors tie at the top
+    assert res.ranks[0, -1] == 1.5
     assert lm.failures == 0

@@ -33,6 +33,7 @@ NO_FORMAT = "What colour is the door?"
 UNANSWERABLE = "<think>x</think><question>What is the weather like?</question>"
 DOOR = "<think>the doors differ</think><question>What colour is the door?</question>"
 NUMBER = "<think>x</think>\n<question>What is the house number?</question>"
+EMPTY = "<think>x</think><question>  </question>"
 
 
 class StubRetriever:
@@ -73,7 +74,7 @@ def test_reward_is_the_prg_of_the_answered_question() -> None:
     number = float(prg(torch.tensor([[3, 5]]), torch.tensor([[4, 5]]), torch.tensor([2]), clamp=True)[0])
     assert door == pytest.approx(hand_prg([3, 5], [2, 4])) and 0 < door < 1
     assert number == pytest.approx(hand_prg([3, 5], [4, 5])) and -1 < number < 0
-    assert values == pytest.approx([0.0, 0.0, door, number], abs=1e-9)
+    assert values == pytest.approx([-1.5, -1.5, door, number], abs=1e-9)  # failed replies: failure_value
     assert reward.last_stats["format_failures"] == 1
     assert reward.last_stats["unanswerable"] == 1
     assert reward.last_stats["answered"] == 2 and reward.last_stats["answer_failures"] == 0
@@ -86,20 +87,23 @@ class FailingAnswerer:
         return [Answer("", ok=False, error="timeout") for _ in requests]
 
 
-def test_unusable_completions_score_zero_without_encoding() -> None:
+def test_unusable_completions_score_the_failure_value_without_encoding() -> None:
     retriever = StubRetriever()
-    reward = RetrievalGainReward.from_parts(retriever, gallery(), FailingAnswerer())
-    assert call(reward, [DOOR, NO_FORMAT]) == [0.0, 0.0]
+    reward = RetrievalGainReward.from_parts(retriever, gallery(), FailingAnswerer(), failure_value=-2.0)
+    assert call(reward, [DOOR, NO_FORMAT]) == [-2.0, -2.0]
     assert reward.last_stats["answer_failures"] == 1 and reward.last_stats["format_failures"] == 1
     assert reward.last_stats["answered"] == 0 and retriever.calls == []
 
     reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
-    assert call(reward, [UNANSWERABLE]) == [0.0]
-    assert reward.last_stats["unanswerable"] == 1 and retriever.calls == []
+    assert call(reward, [UNANSWERABLE, EMPTY]) == [-1.5, -1.5]
+    assert reward.last_stats["unanswerable"] == 1 and reward.last_stats["format_failures"] == 1 and retriever.calls == []
+    with pytest.raises(ValueError, match="below -1"):
+        RetrievalGainReward(failure_value=-1.0)  # a question that hurts (PRG -1) would tie with a failure
 
 
 def test_a_target_missing_from_the_gallery_scores_zero_and_is_counted() -> None:
-    # e.g. validation prompts (val places) scored against a train-only gallery
+    # e.g. validation prompts (val places) scored against a train-only gallery: the data's fault, the
+    # same for every sample of the prompt, so neutral (0) rather than a failure of the reply
     retriever = StubRetriever()
     reward = RetrievalGainReward.from_parts(retriever, gallery(), OracleAnswerer())
     elsewhere = Target(place_id=99, description=TARGET.description, attributes=TARGET.attributes)

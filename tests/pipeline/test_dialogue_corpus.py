@@ -221,6 +221,29 @@ def test_split_by_ddi_is_deterministic_under_the_seed():
     assert len(picks) > 1  # the seed does choose which turns
 
 
+def test_random_stage_sampling_keeps_the_sizes_and_ignores_ddi():
+    # the paper's "random sampling" row: the same stage sizes as the DDI draw, turns drawn at random
+    turns = [make_turn(place_id=1000 + i, prg=0.1 + (i % 7) / 10, ddi=i / 400) for i in range(400)]
+    cfg = CorpusConfig(seed=5)
+    by_ddi, info_ddi = split_by_ddi(turns, cfg)
+    drawn, info = split_by_ddi(turns, replace(cfg, stage_sampling="random"))
+    assert info["stage_sampling"] == "random" and info_ddi["stage_sampling"] == "ddi"
+    assert {s: len(v) for s, v in drawn.items()} == {s: len(v) for s, v in by_ddi.items()}
+    assert len(drawn["sft"]) > 100 and len(drawn["grpo"]) > 50
+    keys = [t.key for v in drawn.values() for t in v]
+    assert len(keys) == len(set(keys))  # disjoint
+    assert {t.key for t in by_ddi["sft"]} != {t.key for t in drawn["sft"]}  # not the DDI selection reshuffled
+    # DDI draw: SFT 70 % low-DDI, GRPO 70 % high; random draw: both near the pool's 50 %
+    assert info_ddi["sft"]["low_ddi"] / len(by_ddi["sft"]) == pytest.approx(0.7, abs=0.01)
+    for stage in ("sft", "grpo"):
+        share = info[stage]["low_ddi"] / len(drawn[stage])
+        assert abs(share - 0.5) < 0.12, (stage, share)
+        assert info[stage]["low_ddi"] == sum(t.ddi <= info["ddi_threshold"] for t in drawn[stage])
+    assert drawn == split_by_ddi(turns, replace(cfg, stage_sampling="random"))[0]  # seeded
+    with pytest.raises(ValueError, match="stage_sampling"):
+        CorpusConfig(stage_sampling="by_prg")  # type: ignore[arg-type]
+
+
 # ---- shards and manifest ---------------------------------------------------------------------------
 
 

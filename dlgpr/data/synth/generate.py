@@ -1,4 +1,4 @@
-"""Generate SynthCities as DQ-Cities shards (REFERENCE.md, "Data layouts").
+"""Generate SynthCities as DQ-Cities shards (docs/METHOD.md, "Data layouts").
 
 ``generate_synthcities`` builds the world, renders every view (in worker processes over chunks
 of places, reassembled in place order), writes one set of shards per split and the manifest.

@@ -1,0 +1,188 @@
+"""The one rank rule of the project: ranks that are unbiased when scores tie (docs/METHOD.md, "Ranks").
+
+A query's positives are the gallery images of its place. Scores closer than ``TIE_EPS`` are
+tied. The rank of a positive is its *expected* 1-based position when the images of each group
+of tied scores are put in a uniformly random order. For a positive tied with ``n`` images of
+other places and no other positive this is ``1 + #higher + n / 2``; when ``m`` positives share a
+tie group with ``n`` other images, the j-th of them (j = 1..m) is expected at
+``#higher + j + j * n / (m + 1)`` (the j-th smallest of m random positions among n + m). The
+rank of a query is that of its best positive, ``1 + #higher + n / (m + 1)``. So a retriever that
+scores every image alike ranks at chance, ``(G + 1) / (P + 1)`` for P positives among G images,
+instead of first.
+
+Every place that ranks imports this module: the static evaluation (``dlgpr.retrieval.rank_of_place``,
+the retrieval callback, single process or gathered over DDP ranks), the dialogue loop (exact ranks
+over the whole gallery, or ranks from a search backend's top lists) and the PRG reward. Ranks
+depend on the scores only, never on the order of the gallery rows or on how a backend orders
+equal scores.
+
+A top-k list (torch or faiss) cannot tell how many images tie with a positive beyond its end, so
+ranks from lists take the positives' scores from the embeddings and count only what the list
+decides; a query whose tie group reaches the end of its list is counted again over the whole
+gallery.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["TIE_EPS", "expected_ranks", "positive_rows", "positive_scores", "exact_positive_ranks", "ranks_from_lists", "best_rank"]
+
+TIE_EPS = 1e-6
+"""Scores closer than this are tied (float noise between batch compositions is below it)."""
+
+
+def expected_ranks(pos_scores: Tensor, valid: Tensor, higher_negatives: Tensor, tied_negatives: Tensor, eps: float = TIE_EPS) -> Tensor:
+    """Expected ranks of a query's positives under a random order of tied scores.
+
+    Args:
+        pos_scores: ``[Q, P]`` scores of the positives (any value in padding).
+        valid: ``[Q, P]`` bool, False in padding.
+        higher_negatives: ``[Q, P]`` images of *other* places scored above each positive by more than ``eps``.
+        tied_negatives: ``[Q, P]`` images of other places within ``eps`` of each positive.
+
+    Returns:
+        ``[Q, P]`` float64 ranks, ascending, 0 in padding (after the real ranks).
+    """
+    s = pos_scores.double()  # [Q, P]
+    other = s[:, None, :]  # [Q, 1, P]: positive p'
+    this = s[:, :, None]  # [Q, P, 1]: positive p
+    v_other = valid[:, None, :]  # [Q, 1, P]
+    above = (other > this + eps) & v_other  # [Q, P, P]: p' strictly above p
+    tied = ((other - this).abs() <= eps) & v_other  # [Q, P, P]: p' tied with p (p itself included)
+    index = torch.arange(s.shape[1], device=s.device)
+    first = (other > this) | ((other == this) & (index[None, None, :] < index[None, :, None]))  # [Q, P, P]: p' before p
+    m = tied.sum(dim=-1).double()  # [Q, P] positives in p's tie group
+    j = 1.0 + (tied & first).sum(dim=-1).double()  # [Q, P] p's place among them
+    higher = higher_negatives.double() + above.sum(dim=-1).double()  # [Q, P]
+    r = higher + j + j * tied_negatives.double() / (m + 1.0)  # [Q, P]
+    r = torch.where(valid, r, torch.full_like(r, float("inf"))).sort(dim=1).values
+    n_valid = valid.sum(dim=1, keepdim=True)  # [Q, 1]
+    return torch.where(index[None, :] < n_valid, r, torch.zeros_like(r))
+
+
+def positive_rows(query_labels: Tensor, gallery_labels: Tensor, max_positives: int | None = None) -> Tensor:
+    """``[Q, P]`` gallery rows of each query's place (ascending), ``-1`` in padding.
+
+    ``P`` is the largest number of images any query's place has (at least 1), or ``max_positives``.
+    """
+    g_labels = gallery_labels.long().cpu()
+    q_labels = query_labels.long().cpu()
+    sorted_labels, order = g_labels.sort(stable=True)  # [G]
+    start = torch.searchsorted(sorted_labels, q_labels, right=False)  # [Q]
+    count = torch.searchsorted(sorted_labels, q_labels, right=True) - start  # [Q]
+    p = int(max_positives) if max_positives is not None else max(1, int(count.max()) if count.numel() else 1)
+    offs = torch.arange(p)  # [P]
+    valid = offs[None, :] < count[:, None]  # [Q, P]
+    at = (start[:, None] + offs[None, :]).clamp(max=max(len(order) - 1, 0))  # [Q, P]
+    rows = order[at] if len(order) else torch.zeros_like(at)
+    return torch.where(valid, rows, torch.full_like(rows, -1))
+
+
+def positive_scores(queries: Tensor, gallery: Tensor, rows: Tensor, chunk: int = 1024) -> Tensor:
+    """``[Q, P]`` inner products of each query with its positives' rows (0 in padding), chunked."""
+    out = []
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start : start + chunk].float()  # [c, D]
+        r = rows[start : start + chunk].to(gallery.device)  # [c, P]
+        g = gallery[r.clamp(min=0)].float()  # [c, P, D]
+        s = torch.einsum("cd,cpd->cp", q.to(g.device), g)  # [c, P]
+        out.append(torch.where(r >= 0, s, torch.zeros_like(s)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, rows.shape[1])
+
+
+def exact_positive_ranks(
+    queries: Tensor, gallery: Tensor, rows: Tensor, k: int = 0, chunk: int = 1024, eps: float = TIE_EPS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Expected ranks of every positive over the whole gallery, and the top-``k`` lists, chunked.
+
+    One ``[chunk, G]`` score block at a time; the counts are taken one positive at a time, so
+    nothing larger than the block is built.
+
+    Args:
+        queries: ``[Q, D]``; gallery: ``[G, D]``; rows: ``[Q, P]`` positive rows (``-1`` padding).
+        k: length of the top lists also returned (0: none).
+
+    Returns:
+        ``ranks [Q, P]`` (float64, ascending, 0 in padding), ``scores [Q, k]``, ``idx [Q, k]`` (CPU).
+    """
+    k = min(int(k), gallery.shape[0])
+    g = gallery.float()
+    out_r, out_s, out_i = [], [], []
+    for start in range(0, queries.shape[0], chunk):
+        sim = queries[start : start + chunk].float().to(g.device) @ g.T  # [c, G]
+        if k:
+            s, i = sim.topk(k, dim=1)  # [c, k]
+            out_s.append(s.cpu())
+            out_i.append(i.cpu())
+        r = rows[start : start + chunk].to(g.device)  # [c, P]
+        valid = r >= 0  # [c, P]
+        ps = sim.gather(1, r.clamp(min=0))  # [c, P]: the same numbers the counts compare
+        above, near = torch.zeros_like(r), torch.zeros_like(r)  # [c, P]
+        for p in range(r.shape[1]):
+            col = ps[:, p : p + 1]  # [c, 1]
+            above[:, p] = (sim > col + eps).sum(dim=1)
+            below = (sim < col - eps).sum(dim=1)  # [c]
+            near[:, p] = sim.shape[1] - above[:, p] - below
+        # the counts include the positives themselves: take them out, expected_ranks adds them back
+        pos_above = ((ps[:, None, :] > ps[:, :, None] + eps) & valid[:, None, :]).sum(dim=-1)  # [c, P]
+        pos_near = (((ps[:, None, :] - ps[:, :, None]).abs() <= eps) & valid[:, None, :]).sum(dim=-1)  # [c, P]
+        out_r.append(expected_ranks(ps.cpu(), valid.cpu(), (above - pos_above).cpu(), (near - pos_near).cpu(), eps))
+    ranks = torch.cat(out_r) if out_r else torch.zeros(0, rows.shape[1], dtype=torch.float64)
+    empty = torch.zeros(queries.shape[0], 0)
+    scores = torch.cat(out_s) if out_s else empty
+    idx = torch.cat(out_i) if out_i else empty.long()
+    return ranks, scores, idx
+
+
+def ranks_from_lists(
+    list_scores: Tensor, list_is_positive: Tensor, list_valid: Tensor, pos_scores: Tensor, valid: Tensor, gallery_size: int,
+    eps: float = TIE_EPS,
+) -> tuple[Tensor, Tensor]:
+    """Expected ranks of the positives from top-``k`` lists of a search backend.
+
+    A positive is decided when every image within ``eps`` of it or above it is in the list (the
+    list holds the whole gallery, or its last score is below the positive's tie band); a positive
+    scored below the band of the list's last score is beyond the list (rank ``k + 1``). A
+    positive whose tie band reaches the list's end is not decided: the caller counts that query
+    over the gallery.
+
+    Args:
+        list_scores: ``[Q, k]`` scores of the listed images, best first.
+        list_is_positive: ``[Q, k]`` whether each listed image is of the query's place.
+        list_valid: ``[Q, k]`` False for empty slots (a backend may pad with -1).
+        pos_scores: ``[Q, P]`` the positives' own scores (from the embeddings, not the list).
+        valid: ``[Q, P]`` False in padding.
+        gallery_size: G.
+
+    Returns:
+        ``ranks [Q, P]`` (float64, ascending, 0 in padding; ``k + 1`` beyond the list) and
+        ``undecided [Q]`` (bool).
+    """
+    q, k = list_scores.shape
+    neg = list_valid & ~list_is_positive  # [Q, k]
+    ls = list_scores.double()[:, None, :]  # [Q, 1, k]
+    ps = pos_scores.double()[:, :, None]  # [Q, P, 1]
+    higher = ((ls > ps + eps) & neg[:, None, :]).sum(dim=-1)  # [Q, P]
+    tied = (((ls - ps).abs() <= eps) & neg[:, None, :]).sum(dim=-1)  # [Q, P]
+    n_listed = list_valid.sum(dim=1)  # [Q]
+    last = torch.where(list_valid, list_scores.double(), torch.full_like(list_scores, float("inf"), dtype=torch.float64)).min(dim=1).values  # [Q]
+    whole = (n_listed >= gallery_size)[:, None]  # [Q, 1]
+    ps2 = pos_scores.double()  # [Q, P]
+    inside = whole | (last[:, None] < ps2 - eps)  # [Q, P] all of the band and above is listed
+    beyond = ~whole & (ps2 + eps < last[:, None])  # [Q, P] at least k images strictly above
+    ranks = expected_ranks(pos_scores, valid, higher, tied, eps)  # ascending
+    # the decision per positive, in ascending rank order (scores sort the other way)
+    order = torch.where(valid, ps2, torch.full_like(ps2, float("-inf"))).sort(dim=1, descending=True, stable=True).indices  # [Q, P]
+    inside_sorted, beyond_sorted = inside.gather(1, order), beyond.gather(1, order)
+    valid_sorted = valid.gather(1, order)
+    ranks = torch.where(valid_sorted & beyond_sorted, torch.full_like(ranks, float(k + 1)), ranks)
+    undecided = (valid_sorted & ~inside_sorted & ~beyond_sorted).any(dim=1)  # [Q]
+    return ranks, undecided
+
+
+def best_rank(ranks: Tensor, valid_count: Tensor, missing: float) -> Tensor:
+    """``[Q]`` rank of each query's best positive from ascending ``ranks [Q, P]``; ``missing`` where it has none."""
+    first = ranks[:, 0] if ranks.shape[1] else torch.zeros(ranks.shape[0], dtype=torch.float64)
+    return torch.where(valid_count > 0, first, torch.full_like(first, float(missing)))

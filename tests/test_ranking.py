@@ -1,0 +1,173 @@
+"""The rank rule (dlgpr.ranking): expected ranks under a random order of ties, the same in every
+place that ranks (static eval, dialogue loop exact and from backend lists, PRG reward)."""
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlgpr.dialogue.answerers import OracleAnswerer
+from dlgpr.dialogue.loop import DialogueQuery, Gallery, gallery_positive_ranks, run_dialogue
+from dlgpr.dialogue.questioners import RandomQuestioner
+from dlgpr.dialogue.rewards import RetrievalGainReward
+from dlgpr.dialogue.types import Target, format_question
+from dlgpr.metrics import recall_at_k
+from dlgpr.ranking import exact_positive_ranks, expected_ranks, positive_rows, positive_scores, ranks_from_lists
+from dlgpr.retrieval import rank_of_place
+from dlgpr.search import topk_search
+
+
+def _tied_gallery():
+    """One query [1, 0]; gallery images whose scores are the x coordinates below (place 1 = the target).
+
+    positives 0.5, 0.5, 0.3; others 0.7, 0.5, 0.5, 0.5, 0.3, 0.1.
+    """
+    xs = [0.5, 0.7, 0.5, 0.5, 0.3, 0.5, 0.1, 0.3, 0.5]
+    labels = [1, 2, 3, 4, 1, 5, 6, 7, 1]
+    gallery = torch.tensor([[x, math.sqrt(1 - x * x)] for x in xs])
+    return torch.tensor([[1.0, 0.0]]), torch.tensor([1]), gallery, torch.tensor(labels)
+
+
+def _average_over_orders(scores: list[float], is_pos: list[bool]) -> tuple[list[float], float]:
+    """Average sorted positions of the positives over every order that breaks ties (by brute force)."""
+    groups: dict[float, list[bool]] = {}
+    for s, p in zip(scores, is_pos):
+        groups.setdefault(round(s, 6), []).append(p)
+    ordered = [groups[s] for s in sorted(groups, reverse=True)]
+    totals, best, count = None, 0.0, 0
+    for perms in itertools.product(*(set(itertools.permutations(g)) for g in ordered)):
+        flat = [p for g in perms for p in g]
+        positions = [i + 1 for i, p in enumerate(flat) if p]
+        totals = positions if totals is None else [a + b for a, b in zip(totals, positions)]
+        best += positions[0]
+        count += 1
+    return [t / count for t in totals], best / count
+
+
+def test_hand_computed_expected_ranks():
+    # scores of the positives 0.5, 0.5, 0.3; other images: one at 0.7, three tied at 0.5, one at 0.3
+    # the two positives at 0.5 share a tie group with 3 others after 1 higher image: positions
+    # 1 + j + j * 3 / 3 = 3 and 5; the one at 0.3 has 5 above it and one tie: 6 + 1 + 1/2 = 7.5
+    r = expected_ranks(torch.tensor([[0.5, 0.3, 0.5]]), torch.tensor([[True, True, True]]),
+                       higher_negatives=torch.tensor([[1, 4, 1]]), tied_negatives=torch.tensor([[3, 1, 3]]))
+    assert r.tolist() == [[3.0, 5.0, 7.5]]
+    # padding stays 0 and behind the real ranks; one positive tied with n others: 1 + higher + n / 2
+    r = expected_ranks(torch.tensor([[0.0, 0.2]]), torch.tensor([[False, True]]), torch.tensor([[9, 2]]), torch.tensor([[9, 3]]))
+    assert r.tolist() == [[4.5, 0.0]]
+
+
+def test_every_ranking_path_equals_the_average_over_orders_of_ties():
+    q, ql, g, gl = _tied_gallery()
+    scores = (q @ g.T)[0].tolist()
+    expected, expected_best = _average_over_orders(scores, [int(x) == 1 for x in gl])
+    assert expected == pytest.approx([3.0, 5.0, 7.5]) and expected_best == pytest.approx(3.0)
+    rows = positive_rows(ql, gl)
+    ranks, _, _ = exact_positive_ranks(q, g, rows)
+    assert ranks[0].tolist() == pytest.approx(expected)
+    for backend in ("torch", "faiss"):
+        assert rank_of_place(q, ql, g, gl, k=len(g), backend=backend).tolist() == pytest.approx([expected_best])
+        assert rank_of_place(q, ql, g, gl, k=4, backend=backend).tolist() == pytest.approx([expected_best])  # tie band reaches the list's end
+        assert rank_of_place(q, ql, g, gl, k=1, backend=backend).tolist() == [2.0]  # beyond the list: k + 1
+    # from lists of every depth: decided where the list covers the tie band, recounted otherwise
+    for depth in range(1, len(g) + 1):
+        s, i = topk_search(q, g, depth, backend="torch")
+        listed = i >= 0
+        is_pos = (gl[i] == ql[:, None]) & listed
+        r, undecided = ranks_from_lists(s, is_pos, listed, positive_scores(q, g, rows), rows >= 0, len(g))
+        if not undecided.any():
+            capped = [x if x <= depth else depth + 1 for x in expected]
+            assert r[0].tolist() == pytest.approx(capped), depth
+
+
+def test_ranks_do_not_depend_on_the_order_of_gallery_rows():
+    # a DDP gather concatenates the ranks' rows in another order than one process reads them
+    q, ql, g, gl = _tied_gallery()
+    gen = torch.Generator().manual_seed(0)
+    base = rank_of_place(q, ql, g, gl, k=5, backend="torch")
+    for _ in range(5):
+        perm = torch.randperm(len(g), generator=gen)
+        for backend in ("torch", "faiss"):
+            assert torch.equal(rank_of_place(q, ql, g[perm], gl[perm], k=5, backend=backend), base)
+
+
+# ---- a collapsed retriever ranks at chance everywhere ----------------------------------------------
+
+PLACES, VIEWS = 10, 4
+G = PLACES * VIEWS
+CHANCE = (G + 1) / (VIEWS + 1)  # expected best position of 4 positives among 40 in a random order
+
+
+class ConstantRetriever:
+    """Embeds every text alike (a collapsed retriever)."""
+
+    def embed_texts(self, texts):
+        return F.normalize(torch.ones(len(texts), 8), dim=1)
+
+
+def _constant_gallery() -> Gallery:
+    emb = F.normalize(torch.ones(G, 8), dim=1)
+    pids = torch.arange(G) // VIEWS
+    attrs = [{"facade_color": "red"} for _ in range(G)]
+    return Gallery(emb, pids, [f"k{i}" for i in range(G)], ["a red building"] * G, attrs)
+
+
+def test_constant_retriever_ranks_at_chance_in_the_static_eval():
+    emb = F.normalize(torch.ones(G, 8), dim=1)
+    labels = torch.arange(G) // VIEWS
+    for backend in ("torch", "faiss"):
+        ranks = rank_of_place(emb, labels, emb, labels, k=10, backend=backend)
+        assert ranks.tolist() == pytest.approx([CHANCE] * G)
+        assert recall_at_k(ranks, [1, 5]) == {1: 0.0, 5: 0.0}  # not 100 %
+
+
+@pytest.mark.parametrize("rank_depth,backend", [(None, "torch"), (10, "torch"), (10, "faiss"), (G, "faiss")])
+def test_constant_retriever_ranks_at_chance_in_the_dialogue_loop(rank_depth, backend):
+    gallery = _constant_gallery()
+    queries = [DialogueQuery(i, "a red building", Target(p, "a red building", {"facade_color": "red"})) for i, p in enumerate(range(PLACES))]
+    res = run_dialogue(ConstantRetriever(), RandomQuestioner(), OracleAnswerer(), queries, gallery, rounds=2, top_k=5,
+                       rank_depth=rank_depth, backend=backend)
+    assert torch.allclose(res.ranks, torch.full((PLACES, 3), CHANCE, dtype=torch.float64))
+    expected_positives = [j * CHANCE for j in range(1, VIEWS + 1)]  # the j-th of 4 random positions among 40
+    assert torch.allclose(res.positive_ranks[:, 0], torch.tensor([expected_positives] * PLACES, dtype=torch.float64))
+    s = res.summary()
+    assert s["round2/recall@1"] == 0.0 and s["round1/prg"] == 0.0
+
+
+def test_constant_retriever_ranks_at_chance_in_the_prg_reward():
+    gallery = _constant_gallery()
+    emb = F.normalize(torch.ones(3, 8), dim=1)
+    ranks, num_pos = gallery_positive_ranks(emb, gallery, [0, 4, 9])
+    assert torch.allclose(ranks, torch.tensor([[j * CHANCE for j in range(1, VIEWS + 1)]] * 3, dtype=torch.float64))
+    assert num_pos.tolist() == [VIEWS] * 3
+
+
+class CollapsedThenExact:
+    """Scores every image alike (``e_0``) until the answer names the door, then embeds the target's own image."""
+
+    def __init__(self, gallery, target_row):
+        self.flat = torch.eye(8)[0]
+        self.target = gallery.embeddings[target_row]
+
+    def embed_texts(self, texts):
+        return torch.stack([self.target if "door" in t else self.flat for t in texts])
+
+
+def test_prg_reward_credits_leaving_a_collapsed_ranking():
+    # the answer takes the target from "everything alike" (rank at chance) to the top: a real gain.
+    # Ranks that favoured the target scored the collapsed ranking as already ideal (PRG <= 0).
+    gen = torch.Generator().manual_seed(0)
+    rest = F.normalize(torch.randn(G, 7, generator=gen), dim=1)
+    pids = torch.arange(G) // VIEWS
+    rest[pids == 3] = rest[3 * VIEWS].clone()  # the target's views look alike
+    emb = torch.cat([torch.full((G, 1), 0.5), math.sqrt(0.75) * rest], dim=1)  # every image scores 0.5 against e_0
+    attrs = [{"door_color": "red" if p == 3 else "blue"} for p in pids.tolist()]
+    gallery = Gallery(emb, pids, [f"k{i}" for i in range(G)], ["d"] * G, attrs)
+    reward = RetrievalGainReward.from_parts(CollapsedThenExact(gallery, 3 * VIEWS), gallery)
+    values = reward([None], [format_question("t", "What colour is the door?")], target=[Target(3, "d", attrs[3 * VIEWS])],
+                    initial_description=["a building"], history=[()])
+    assert reward.last_stats["answered"] == 1
+    assert values[0] == pytest.approx(1.0)  # from chance to all four views on top: the whole room gained
