@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="weights file (default: the shipped file of the config's architecture)")
     parser.add_argument("--resume", type=bool, default=False, help="continue the run from its last.ckpt")
     parser.add_argument("--fit_args", type=list[str], default=[], help="extra LightningCLI flags for the fit (e.g. a shorter run)")
+    parser.add_argument("--note", type=str | None, default=None, help="a remark kept in the JSON record (e.g. how the run was resumed)")
     args = parser.parse_args(argv)
 
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         "sha256": digest,
         "bytes": out.stat().st_size,
     }
+    if args.note:
+        info["note"] = args.note
     info_path = out.with_suffix(".json")
     info_path.write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps(info, indent=1))

@@ -39,7 +39,9 @@ _PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: ``dlgpr/models/pretrained/``. ``pretrained: <tag>`` resolves them the way open_clip resolves
 #: ``openai`` for ``ViT-B-16``, with nothing to download. How each file was made (command,
 #: world, CPU time) is in the JSON file of the same name beside it.
-DLGPR_PRETRAINED: dict[tuple[str, str], str] = {}
+DLGPR_PRETRAINED: dict[tuple[str, str], str] = {
+    ("dlgpr-mini", "synthcities"): "dlgpr-mini-synthcities.safetensors",
+}
 
 
 def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
@@ -85,6 +87,8 @@ class ClipBackboneConfig:
     mask, or a padding mask on a bidirectional tower)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
+            self.pretrained = None  # a command-line `null` can reach a nested dataclass as text
         if self.model_name not in open_clip.list_models():
             raise ValueError(f"model_name {self.model_name!r} is not an open_clip architecture (see open_clip.list_models())")
         if self.image_size is not None and self.image_size < 8:

@@ -128,3 +128,9 @@ def test_bidirectional_tower_ignores_padding():
     assert torch.allclose(b.encode_text(batch), alone, atol=1e-5)
     padded = torch.nn.functional.pad(batch, (0, 32 - batch.shape[1]))
     assert torch.allclose(b.encode_text(padded), alone, atol=1e-5)
+
+
+def test_a_textual_null_pretrained_means_random_weights():
+    for text in ("null", "None", ""):
+        assert ClipBackboneConfig(model_name="dlgpr-tiny", pretrained=text).pretrained is None
+    assert ClipBackboneConfig(model_name="dlgpr-tiny", pretrained="openai").pretrained == "openai"
