@@ -88,24 +88,57 @@ class TextAugmentConfig:
     """Fraction of training texts replaced by a dialogue-style query (0 keeps full descriptions)."""
     max_sentences: int = 5
     """Most description sentences appended to the caption (the paper's 5 rounds)."""
+    rephrase_prob: float = 0.0
+    """Probability that each sentence of a dialogue-style query is re-shaped the way a short
+    answer differs from a description sentence: a fragment of it (a run of 2-8 of its words), its
+    words in another order, or the sentence with about a third of its words left out (one of the
+    three at random). Users do not answer in the description's sentences; this keeps the text
+    tower reading the words that name what is there rather than one phrasing. Language-generic:
+    it uses nothing but the description's words."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.query_prob <= 1.0:
             raise ValueError(f"text_augment.query_prob must be in [0, 1], got {self.query_prob}")
         if self.max_sentences < 1:
             raise ValueError(f"text_augment.max_sentences must be >= 1, got {self.max_sentences}")
+        if not 0.0 <= self.rephrase_prob <= 1.0:
+            raise ValueError(f"text_augment.rephrase_prob must be in [0, 1], got {self.rephrase_prob}")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def dialogue_style_query(caption: str, description: str, rng: random.Random, max_sentences: int) -> str:
-    """The caption plus 1..``max_sentences`` random sentences of ``description``, in drawn order."""
+def rephrase_sentence(sentence: str, rng: random.Random) -> str:
+    """One sentence re-shaped like a short answer (see ``TextAugmentConfig.rephrase_prob``): a
+    fragment of 2-8 consecutive words, the words shuffled, or about a third of them dropped."""
+    words = sentence.rstrip(".!?").split()
+    if len(words) < 3:
+        return sentence
+    mode = rng.randrange(3)
+    if mode == 0:  # a fragment
+        n = rng.randint(2, min(8, len(words)))
+        start = rng.randrange(len(words) - n + 1)
+        out = words[start:start + n]
+    elif mode == 1:  # another order
+        out = words[:]
+        rng.shuffle(out)
+    else:  # words left out
+        out = [w for w in words if rng.random() >= 1 / 3] or [rng.choice(words)]
+    text = " ".join(out)
+    return text[:1].upper() + text[1:] + "."
+
+
+def dialogue_style_query(caption: str, description: str, rng: random.Random, max_sentences: int, rephrase_prob: float = 0.0) -> str:
+    """The caption plus 1..``max_sentences`` random sentences of ``description``, in drawn order,
+    each re-shaped with probability ``rephrase_prob`` (``rephrase_sentence``)."""
     sentences = [s for s in _SENTENCE_END.split(description.strip()) if s]
     if not sentences:
         return caption
     k = rng.randint(1, min(max_sentences, len(sentences)))
-    return " ".join([caption.strip(), *rng.sample(sentences, k)]).strip()
+    chosen = rng.sample(sentences, k)
+    if rephrase_prob > 0:
+        chosen = [rephrase_sentence(x, rng) if rng.random() < rephrase_prob else x for x in chosen]
+    return " ".join([caption.strip(), *chosen]).strip()
 
 
 class ImageTransform:
@@ -374,7 +407,7 @@ class PlaceBatchStream(_ShardStream):
         if aug is not None and aug.query_prob > 0:
             for item in items:
                 if rng.random() < aug.query_prob:
-                    item["text"] = dialogue_style_query(item["caption"], item["text"], rng, aug.max_sentences)
+                    item["text"] = dialogue_style_query(item["caption"], item["text"], rng, aug.max_sentences, aug.rephrase_prob)
         return collate_records(items, self.tokenizer)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

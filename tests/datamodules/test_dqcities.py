@@ -221,6 +221,38 @@ def test_dialogue_style_query_keeps_caption_and_draws_description_sentences():
     assert dialogue_style_query("cap", "", random.Random(0), 3) == "cap"
 
 
+def test_rephrased_answers_use_only_the_sentence_words_in_each_of_three_shapes():
+    import random
+    from collections import Counter
+
+    from dlgpr.data.streaming import dialogue_style_query, rephrase_sentence
+
+    sentence = "A teal brick facade rises four storeys above the busy street."
+    words = Counter(w.lower() for w in sentence.rstrip(".").split())
+    shapes = Counter()
+    for seed in range(300):
+        out = rephrase_sentence(sentence, random.Random(seed))
+        assert out.endswith(".") and out[0].isupper()
+        got = Counter(w.lower() for w in out.rstrip(".").split())
+        assert not got - words  # no word that the sentence does not have, none more often
+        joined = " ".join(out.rstrip(".").lower().split())
+        if got == words and joined != " ".join(sentence.rstrip(".").lower().split()):
+            shapes["shuffled"] += 1
+        elif joined in sentence.lower():
+            shapes["fragment"] += 1
+        else:
+            shapes["dropped"] += 1
+    assert all(shapes[k] > 50 for k in ("shuffled", "fragment", "dropped")), shapes
+    assert rephrase_sentence("Red door.", random.Random(0)) == "Red door."  # too short to re-shape
+    desc = "The door is red. A bench stands left. The facade is blue."
+    # rephrase_prob 0 draws exactly what the plain query draws (same random stream)
+    assert all(dialogue_style_query("cap", desc, random.Random(s), 3, 0.0) == dialogue_style_query("cap", desc, random.Random(s), 3)
+               for s in range(20))
+    changed = sum(dialogue_style_query("cap", desc, random.Random(s), 3, 1.0) != dialogue_style_query("cap", desc, random.Random(s), 3)
+                  for s in range(50))
+    assert changed > 25
+
+
 def test_text_augment_replaces_the_configured_share_of_texts(tiny_dataset):
     from dlgpr.data.streaming import TextAugmentConfig
 
@@ -239,3 +271,5 @@ def test_text_augment_replaces_the_configured_share_of_texts(tiny_dataset):
         assert rest and all(s in records[k].description for s in rest.split(". ") if s)
     with pytest.raises(ValueError, match="query_prob"):
         TextAugmentConfig(query_prob=1.5)
+    with pytest.raises(ValueError, match="rephrase_prob"):
+        TextAugmentConfig(rephrase_prob=-0.1)
