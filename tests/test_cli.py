@@ -19,6 +19,7 @@ EVAL_CONFIGS = [c for c in CONFIGS if c.parent.name == "eval"]
 ABLATION_CONFIGS = [c for c in CONFIGS if c.parent.name == "ablation"]
 OVERRIDE_CONFIGS = [c for c in CONFIGS if c.parent.name == "overrides"]
 BUILD_CONFIGS = [c for c in CONFIGS if c.parent.name == "build"]
+PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +28,12 @@ def _clean_argv(monkeypatch):
 
 
 def tiny_args(data_dir: Path, *extra: str) -> list[str]:
-    """configs/cmpl.yaml shrunk to seconds: tiny data, 32 px, short text, no workers."""
+    """configs/cmpl.yaml shrunk to seconds: tiny data, a tiny random CLIP at 32 px, short text, no workers."""
     return [
         "--config", str(ROOT / "configs" / "cmpl.yaml"),
+        "--model.init_args.backbone.model_name", "dlgpr-tiny",
+        "--model.init_args.backbone.pretrained", "null",
+        "--model.init_args.logit_scale", "14.2857",
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.synthetic", "null",
         "--data.init_args.places_per_batch", "4",
@@ -40,6 +44,7 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
         "--model.init_args.backbone.context_length", "24",
         "--model.init_args.backbone.long_text_length", "32",
         "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         *extra,
@@ -47,8 +52,9 @@ def tiny_args(data_dir: Path, *extra: str) -> list[str]:
 
 
 def test_configs_are_all_covered():
-    assert set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) | set(OVERRIDE_CONFIGS) | set(BUILD_CONFIGS) == set(CONFIGS)
-    assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS
+    covered = set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) | set(OVERRIDE_CONFIGS) | set(BUILD_CONFIGS) | set(PRETRAIN_CONFIGS)
+    assert covered == set(CONFIGS)
+    assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS and PRETRAIN_CONFIGS
     assert {c.stem for c in ABLATION_CONFIGS} == {"clip77", "baseline", "token_selection", "hsdm", "hi", "full"}
 
 
@@ -64,10 +70,10 @@ def test_ablation_overrides_apply_to_the_main_config(config, monkeypatch, tmp_pa
     assert (loss.lambda_h > 0) == (row not in ("clip77", "baseline"))
     assert (loss.hi_weight > 0) == (row in ("hi", "full"))
     assert (loss.lambda_vpr > 0) == (row == "full")
-    assert model.backbone.context_length == (24 if row == "clip77" else 32)  # only the CLIP row keeps the short context
+    assert model.backbone.context_length == (77 if row == "clip77" else 32)  # only the CLIP row keeps CLIP's 77 positions
 
 
-@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS])
+@pytest.mark.parametrize("config", TRAIN_CONFIGS + PRETRAIN_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in TRAIN_CONFIGS + PRETRAIN_CONFIGS])
 def test_every_config_parses(config, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:  # --print_config parses, validates and exits 0
@@ -122,7 +128,26 @@ def test_embedded_configs_instantiate(monkeypatch, tmp_path):
     assert type(cli.model).__name__ == "CMPLModule"
     assert cli.model.model.config.taps == [1, 2, 3, 4] and cli.model.clip.context_length == 32
     assert type(cli.datamodule).__name__ == "DQCitiesDataModule"
-    assert cli.model.lr == 5e-4
+    assert cli.model.lr == 1e-4 and cli.model.head_lr == 1e-3
+
+
+def test_main_config_fine_tunes_the_shipped_pretrained_towers(monkeypatch, tmp_path):
+    """configs/cmpl.yaml as shipped: dlgpr-mini from the packaged SynthCities weights, their learnt
+    contrastive scale, the native 248-token context."""
+    from safetensors.torch import load_file
+
+    from dlgpr.models.clip_backbone import resolve_pretrained
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny_dataset(tmp_path / "d")
+    cli = main(["--config", str(ROOT / "configs" / "cmpl.yaml"), "--data.init_args.data_dir", str(tmp_path / "d"),
+                "--data.init_args.synthetic", "null", "--data.init_args.num_workers", "0"], run=False)
+    clip = cli.model.clip
+    assert clip.config.model_name == "dlgpr-mini" and clip.context_length == 248
+    shipped = load_file(resolve_pretrained("dlgpr-mini", "synthcities"))
+    own = clip.model.state_dict()
+    assert all(torch.equal(own[k], v.to(own[k].dtype)) for k, v in shipped.items() if k != "logit_scale")
+    assert float(cli.model.logit_scale) == pytest.approx(float(shipped["logit_scale"].float().exp()), rel=1e-3)
 
 
 def test_dotted_overrides_reach_the_objects(monkeypatch, tmp_path):
@@ -316,7 +341,7 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_run(
 
     data = tmp_path / "d"
     make_tiny_dataset(data)
-    # every epoch's weights too: the config's last.ckpt follows its best val/recall@1 checkpoint only
+    # every epoch's weights too, to compare the two runs epoch by epoch
     every_epoch = '{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"filename": "every-{epoch}", "save_top_k": -1}}'
     args = tiny_args(data, "--trainer.max_epochs", "3", f"--trainer.callbacks+={every_epoch}")
     full = _run_dlgpr(["fit", *args, "--trainer.logger.init_args.version", "full"], tmp_path)

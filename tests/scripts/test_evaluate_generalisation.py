@@ -1,0 +1,64 @@
+"""scripts/evaluate_generalisation.py on two tiny generated worlds and a tiny fitted checkpoint."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlgpr.cli import main as dlgpr_main
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("evaluate_generalisation", ROOT / "scripts" / "evaluate_generalisation.py")
+generalisation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(generalisation)
+
+WORLD = ["--{w}.num_cities", "1", "--{w}.places_per_city", "10", "--{w}.views_per_place", "2", "--{w}.image_size", "32",
+         "--{w}.split_fractions", "[0.4,0.3,0.3]", "--{w}.num_workers", "0"]
+
+
+def _world(name: str, *extra: str) -> list[str]:
+    return [a.format(w=name) for a in WORLD] + list(extra)
+
+
+def test_home_and_other_world_tables_and_retention(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["dlgpr"])
+    monkeypatch.chdir(tmp_path)
+    home_dir, other_dir = tmp_path / "home", tmp_path / "other"
+    # a tiny random CMPL fitted for two steps on the home world: only the protocol is under test
+    fit = dlgpr_main([
+        "fit", "--config", str(ROOT / "configs" / "cmpl.yaml"),
+        "--model.init_args.backbone.model_name", "dlgpr-tiny", "--model.init_args.backbone.pretrained", "null",
+        "--model.init_args.logit_scale", "14.2857", "--model.init_args.backbone.image_size", "32",
+        "--model.init_args.backbone.context_length", "24", "--model.init_args.backbone.long_text_length", "32",
+        "--data.init_args.data_dir", str(home_dir), "--data.init_args.synthetic.num_cities", "1",
+        "--data.init_args.synthetic.places_per_city", "10", "--data.init_args.synthetic.views_per_place", "2",
+        "--data.init_args.synthetic.image_size", "32", "--data.init_args.synthetic.split_fractions", "[0.4,0.3,0.3]",
+        "--data.init_args.synthetic.num_workers", "0", "--data.init_args.places_per_batch", "4",
+        "--data.init_args.num_workers", "0", "--trainer.max_steps", "2", "--trainer.precision", "32-true",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+        "--trainer.enable_checkpointing", "true",
+    ])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path  # Lightning's default checkpoint (the config's callbacks are off)
+    assert Path(ckpt).is_file()
+    out = tmp_path / "gen"
+    payload = generalisation.main(["--ckpt", ckpt, "--home_dir", str(home_dir), *_world("home"),
+                                   "--other_dir", str(other_dir), *_world("other", "--other.seed", "7", "--other.first_city", "3"),
+                                   "--rounds", "2", "--top_k", "5", "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["retention"] == payload["retention"]
+    home, other = saved["worlds"]["home"], saved["worlds"]["other"]
+    assert home["places"] == other["places"] == 3 and home["descriptions"] == 6  # test split: 3 places x 2 views
+    for world in (home, other):
+        assert set(world["static"]) == {"recall@1", "recall@5", "recall@10"}
+        assert 0.0 <= world["static"]["recall@1"] <= world["static"]["recall@5"] <= world["static"]["recall@10"] == 1.0  # 3 places
+        assert world["dialogue"]["round2/recall@1"] >= world["dialogue"]["round0/recall@1"]  # cumulative
+    ratio = other["static"]["recall@1"] / max(home["static"]["recall@1"], 1e-9)
+    assert saved["retention"]["static_recall@1"] == pytest.approx(ratio)
+    assert (out / "table.md").read_text().count("\n| ") == 3  # header row + two worlds (after the title line)
+    assert (other_dir / "manifest.json").is_file() or any(other_dir.iterdir())  # generated on demand
+    with pytest.raises(ValueError, match="same world"):
+        generalisation.main(["--ckpt", ckpt, "--home_dir", str(home_dir), *_world("home"), "--other_dir", str(home_dir),
+                             *_world("other", "--other.seed", "0", "--other.first_city", "0"),
+                             "--out", str(out)])
