@@ -22,26 +22,37 @@ def _world(name: str, *extra: str) -> list[str]:
     return [a.format(w=name) for a in WORLD] + list(extra)
 
 
-def test_home_and_other_world_tables_and_retention(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["dlgpr"])
-    monkeypatch.chdir(tmp_path)
-    home_dir, other_dir = tmp_path / "home", tmp_path / "other"
-    # a tiny random CMPL fitted for two steps on the home world: only the protocol is under test
-    fit = dlgpr_main([
-        "fit", "--config", str(ROOT / "configs" / "cmpl.yaml"),
-        "--model.init_args.backbone.model_name", "dlgpr-tiny", "--model.init_args.backbone.pretrained", "null",
-        "--model.init_args.logit_scale", "14.2857", "--model.init_args.backbone.image_size", "32",
-        "--model.init_args.backbone.context_length", "24", "--model.init_args.backbone.long_text_length", "32",
-        "--data.init_args.data_dir", str(home_dir), "--data.init_args.synthetic.num_cities", "1",
-        "--data.init_args.synthetic.places_per_city", "10", "--data.init_args.synthetic.views_per_place", "2",
-        "--data.init_args.synthetic.image_size", "32", "--data.init_args.synthetic.split_fractions", "[0.4,0.3,0.3]",
-        "--data.init_args.synthetic.num_workers", "0", "--data.init_args.places_per_batch", "4",
-        "--data.init_args.num_workers", "0", "--trainer.max_steps", "2", "--trainer.precision", "32-true",
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-        "--trainer.enable_checkpointing", "true",
-    ])
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A tiny random CMPL fitted for two steps on a tiny generated world: only the protocols are under test."""
+    tmp_path = tmp_path_factory.mktemp("fitted")
+    home_dir = tmp_path / "home"
+    argv = sys.argv
+    sys.argv = ["dlgpr"]
+    try:
+        fit = dlgpr_main([
+            "fit", "--config", str(ROOT / "configs" / "cmpl.yaml"),
+            "--model.init_args.backbone.model_name", "dlgpr-tiny", "--model.init_args.backbone.pretrained", "null",
+            "--model.init_args.logit_scale", "14.2857", "--model.init_args.backbone.image_size", "32",
+            "--model.init_args.backbone.context_length", "24", "--model.init_args.backbone.long_text_length", "32",
+            "--data.init_args.data_dir", str(home_dir), "--data.init_args.synthetic.num_cities", "1",
+            "--data.init_args.synthetic.places_per_city", "10", "--data.init_args.synthetic.views_per_place", "2",
+            "--data.init_args.synthetic.image_size", "32", "--data.init_args.synthetic.split_fractions", "[0.4,0.3,0.3]",
+            "--data.init_args.synthetic.num_workers", "0", "--data.init_args.places_per_batch", "4",
+            "--data.init_args.num_workers", "0", "--trainer.max_steps", "2", "--trainer.precision", "32-true",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+            "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        ])
+    finally:
+        sys.argv = argv
     ckpt = fit.trainer.checkpoint_callback.best_model_path  # Lightning's default checkpoint (the config's callbacks are off)
     assert Path(ckpt).is_file()
+    return ckpt, home_dir
+
+
+def test_home_and_other_world_tables_and_retention(fitted, tmp_path):
+    ckpt, home_dir = fitted
+    other_dir = tmp_path / "other"
     out = tmp_path / "gen"
     payload = generalisation.main(["--ckpt", ckpt, "--home_dir", str(home_dir), *_world("home"),
                                    "--other_dir", str(other_dir), *_world("other", "--other.seed", "7", "--other.first_city", "3"),
@@ -62,3 +73,21 @@ def test_home_and_other_world_tables_and_retention(tmp_path, monkeypatch):
         generalisation.main(["--ckpt", ckpt, "--home_dir", str(home_dir), *_world("home"), "--other_dir", str(home_dir),
                              *_world("other", "--other.seed", "0", "--other.first_city", "0"),
                              "--out", str(out)])
+
+
+def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
+    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
+    query_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(query_shapes)
+    ckpt, home_dir = fitted
+    out = tmp_path / "shapes.json"
+    table = query_shapes.main(["--ckpt", ckpt, "--data_dir", str(home_dir), "--split", "val", "--sentences", "2", "--answers", "3",
+                               "--json", str(out)])
+    assert list(table) == ["full description", "caption", "caption + 2 description sentences", "caption + 3 answers", "3 answers"]
+    assert json.loads(out.read_text())["queries"] == 3  # 3 val places, one query each
+    for row in table.values():
+        assert 0.0 <= row["recall@1"] <= row["recall@5"] <= row["recall@10"] == 1.0  # 3 places: all within 10
+    # the answers are the oracle user's sentences about the place's own attributes
+    from dlgpr.dialogue.slots import answer_sentence
+    rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, __import__("random").Random(0))
+    assert sorted(rng_answers) == sorted([answer_sentence("door_color", "red"), answer_sentence("roof", "flat")])
