@@ -3,7 +3,7 @@ that ``backbone.pretrained: synthcities`` resolves (as the paper starts CMPL fro
 
     python scripts/pretrain_synthcities.py                                   # the shipped weights
     python scripts/pretrain_synthcities.py --resume true                     # after a kill
-    python scripts/pretrain_synthcities.py --fit_args "[--trainer.max_steps,200]" --out /tmp/w.safetensors
+    python scripts/pretrain_synthcities.py --fit_args '["--trainer.max_steps", "200"]' --out /tmp/w.safetensors
 
 Three steps, each skipped when its output exists (so a killed run resumes):
 
