@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.gather import RowCollector
@@ -75,9 +76,12 @@ class DialogueEvalCallback(Callback):
         self.last_summary: dict[str, Any] = {}
 
     def _due(self, trainer: Trainer) -> bool:
-        """After every n-th epoch's validation, and after the last epoch's."""
+        """After every n-th epoch's validation and after the last epoch's; always in a standalone
+        ``validate`` (no fit around it)."""
         if trainer.sanity_checking:
             return False
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True
         epoch = trainer.current_epoch + 1
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs
         return epoch % self.every_n_epochs == 0 or last
