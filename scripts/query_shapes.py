@@ -24,19 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
 
 from datamodules.dqcities import DQCitiesDataModule
+from dlgpr.data.streaming import _SENTENCE_END
 from dlgpr.dialogue.evaluation import encode_gallery
 from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
 from dlgpr.metrics import recall_at_k
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
 
 def _sentences(description: str, k: int, rng: random.Random) -> list[str]:
     parts = [s for s in _SENTENCE_END.split(description.strip()) if s]

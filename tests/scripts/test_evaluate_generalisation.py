@@ -88,6 +88,8 @@ def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
     for row in table.values():
         assert 0.0 <= row["recall@1"] <= row["recall@5"] <= row["recall@10"] == 1.0  # 3 places: all within 10
     # the answers are the oracle user's sentences about the place's own attributes
+    import random
+
     from dlgpr.dialogue.slots import answer_sentence
-    rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, __import__("random").Random(0))
+    rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, random.Random(0))
     assert sorted(rng_answers) == sorted([answer_sentence("door_color", "red"), answer_sentence("roof", "flat")])
