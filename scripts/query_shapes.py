@@ -17,6 +17,13 @@ One query per place of the split (its first view's texts), against every image o
 The gap between "k description sentences" and "k answers" is how much the retriever depends on
 the description's phrasing rather than on what the words name. Needs a SynthCities split
 (answers come from its attribute ground truth). Ranks count ties at their expected position.
+
+``--per_slot`` adds one row per askable attribute: what a single answer about it does to the
+caption's rank (mean change of log rank over the split's places; 0 = no effect, -0.69 = the
+rank halves), and whether the image embedding carries the attribute at all: a linear probe
+(a ridge-regression classifier) trained on the train split's image embeddings and scored on this
+split's, next to the majority-class rate. An attribute the probe cannot read from images is
+one no question about it can help the retriever with, however it is phrased.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.streaming import _SENTENCE_END
-from dlgpr.dialogue.evaluation import encode_gallery
+from dlgpr.dialogue.evaluation import encode_gallery, encode_split_gallery
 from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
 from dlgpr.metrics import recall_at_k
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
@@ -57,6 +64,53 @@ def shapes(ks_sentences: list[int], ks_answers: list[int]) -> dict:
     return out
 
 
+def linear_probe(x_train: torch.Tensor, y_train: list[str], x_eval: torch.Tensor, l2: float = 1.0) -> list[str]:
+    """A ridge-regression classifier (one-hot targets, features standardised on the train set,
+    a bias, penalty ``l2 * |W|^2``), solved in closed form: the predicted labels of ``x_eval``."""
+    classes = sorted(set(y_train))
+    if len(classes) == 1:
+        return classes * len(x_eval)
+    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+
+    def design(x: torch.Tensor) -> torch.Tensor:
+        z = ((x - mean) / std).double()
+        return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+
+    x = design(x_train)
+    targets = torch.zeros(len(y_train), len(classes), dtype=torch.float64)
+    targets[torch.arange(len(y_train)), torch.tensor([classes.index(v) for v in y_train])] = 1.0
+    penalty = l2 * torch.eye(x.shape[1], dtype=torch.float64)
+    penalty[-1, -1] = 0.0  # the bias is not penalised
+    w = torch.linalg.solve(x.T @ x + penalty, x.T @ targets)
+    return [classes[i] for i in (design(x_eval) @ w).argmax(1).tolist()]
+
+
+def slot_rows(module, retriever: ModuleTextRetriever, places: list, gallery, data_dir: str, split: str) -> dict:
+    """Per askable slot: effect of one answer on the caption's rank, and the image probe."""
+    def ranks(texts: list[str], ids: list[int]) -> torch.Tensor:
+        return rank_of_place(retriever.embed_texts(texts), torch.tensor(ids), gallery.embeddings, gallery.place_ids, k=10, backend="torch").double()
+
+    base = ranks([p.initial_caption for p in places], [p.place_id for p in places])
+    train = encode_split_gallery(module, data_dir, "train")
+    rows = {}
+    for slot in ASKABLE_SLOTS:
+        idx = [i for i, p in enumerate(places) if slot in p.attributes]
+        if not idx:
+            continue
+        ps = [places[i] for i in idx]
+        texts = [f"{p.initial_caption} {answer_sentence(slot, p.attributes[slot], p.attributes)}" for p in ps]
+        r = ranks(texts, [p.place_id for p in ps])
+        y_train = [str(a.get(slot)) for a in train.attributes]
+        y_eval = [str(a.get(slot)) for a in gallery.attributes]
+        predicted = linear_probe(train.embeddings, y_train, gallery.embeddings)
+        majority = max(set(y_train), key=y_train.count)
+        rows[slot] = {"dlog_rank": float((r.log() - base[idx].log()).mean()), "recall@1": float((r <= 1).double().mean()),
+                      "probe_accuracy": sum(a == b for a, b in zip(predicted, y_eval)) / len(y_eval),
+                      "majority_rate": sum(v == majority for v in y_eval) / len(y_eval),
+                      "values": len(set(y_train)), "example": texts[0]}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -65,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sentences", nargs="*", type=int, default=[3, 5, 10])
     ap.add_argument("--answers", nargs="*", type=int, default=[5, 10])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per_slot", action="store_true", help="also one row per askable attribute (answer effect, image probe)")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
     args = ap.parse_args(argv)
 
@@ -92,8 +147,17 @@ def main(argv: list[str] | None = None) -> dict:
         table[name] = {f"recall@{k}": v for k, v in rec.items()}
         example = texts[0] if len(texts[0]) <= 90 else texts[0][:87] + "..."
         print(f"| {name} | {100 * rec[1]:.1f} | {100 * rec[5]:.1f} | {100 * rec[10]:.1f} | {example} |", flush=True)
+    out = {"ckpt": args.ckpt, "split": args.split, "queries": len(places), "shapes": table}
+    if args.per_slot:
+        rows = slot_rows(module, retriever, places, gallery, args.data_dir, args.split)
+        out["per_slot"] = rows
+        print("\n| attribute | values | caption + its answer: mean change of log rank | R@1 | image probe accuracy | majority rate |")
+        print("|---|---|---|---|---|---|")
+        for slot, row in sorted(rows.items(), key=lambda kv: kv[1]["dlog_rank"]):
+            print(f"| {slot} | {row['values']} | {row['dlog_rank']:+.3f} | {100 * row['recall@1']:.1f} | "
+                  f"{100 * row['probe_accuracy']:.1f} | {100 * row['majority_rate']:.1f} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"ckpt": args.ckpt, "split": args.split, "queries": len(places), "shapes": table}, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return table
 
 

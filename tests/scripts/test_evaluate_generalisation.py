@@ -93,3 +93,59 @@ def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
     from dlgpr.dialogue.slots import answer_sentence
     rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, random.Random(0))
     assert sorted(rng_answers) == sorted([answer_sentence("door_color", "red"), answer_sentence("roof", "flat")])
+
+
+def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
+    import torch
+
+    from datamodules.dqcities import DQCitiesDataModule
+    from dlgpr.dialogue.evaluation import encode_split_gallery
+    from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
+    from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
+
+    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
+    query_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(query_shapes)
+    ckpt, home_dir = fitted
+    out = tmp_path / "shapes.json"
+    query_shapes.main(["--ckpt", ckpt, "--data_dir", str(home_dir), "--split", "val", "--sentences", "--answers", "--per_slot", "--json", str(out)])
+    rows = json.loads(out.read_text())["per_slot"]
+    assert set(rows) <= set(ASKABLE_SLOTS) and "facade_color" in rows
+    for row in rows.values():
+        assert 0.0 <= row["probe_accuracy"] <= 1.0 and 0.0 <= row["majority_rate"] <= 1.0 and row["values"] >= 1
+    # the facade-colour row recomputed directly: one query per place (its first view), caption vs caption + answer
+    dm = DQCitiesDataModule(data_dir=str(home_dir), synthetic=None, num_workers=0)
+    dm.setup("validate")
+    first = {}
+    for r in sorted(dm.records("val"), key=lambda r: (r.place_id, r.view)):
+        first.setdefault(r.place_id, r)
+    module = load_retriever(ckpt).eval()
+    gallery = encode_split_gallery(module, home_dir, "val")
+    retriever = ModuleTextRetriever(module)
+    ids = torch.tensor(list(first))
+
+    def ranks(texts):
+        return rank_of_place(retriever.embed_texts(texts), ids, gallery.embeddings, gallery.place_ids, k=10, backend="torch").double()
+
+    base = ranks([r.initial_caption for r in first.values()])
+    answered = ranks([f"{r.initial_caption} {answer_sentence('facade_color', r.attributes['facade_color'], r.attributes)}" for r in first.values()])
+    assert rows["facade_color"]["dlog_rank"] == pytest.approx(float((answered.log() - base.log()).mean()), abs=1e-6)
+
+
+def test_linear_probe_separates_what_is_separable_and_falls_back_to_one_class():
+    import torch
+
+    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
+    query_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(query_shapes)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 4
+    labels = [["red", "blue", "grey"][i % 3] for i in range(300)]
+    x = centres[torch.arange(300) % 3] + torch.randn(300, 8, generator=g)
+    pred = query_shapes.linear_probe(x[:200], labels[:200], x[200:])
+    assert sum(p == t for p, t in zip(pred, labels[200:])) >= 98  # well-separated blobs
+    # features that carry nothing: about chance, never above the majority by much
+    noise = torch.randn(300, 8, generator=g)
+    pred = query_shapes.linear_probe(noise[:200], labels[:200], noise[200:])
+    assert sum(p == t for p, t in zip(pred, labels[200:])) < 55
+    assert query_shapes.linear_probe(x[:5], ["a"] * 5, x[5:8]) == ["a"] * 3
