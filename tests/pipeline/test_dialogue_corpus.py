@@ -19,27 +19,25 @@ from dlgpr.data.reader import BadSampleLog  # noqa: E402
 from dlgpr.data.schema import PlaceRecord, RecordError, make_key  # noqa: E402
 from dlgpr.data.shards import DeterministicTar  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
+from dlgpr.data.turns import (  # noqa: E402
+    DIALOGUE_FORMAT,
+    MANIFEST_NAME,
+    DialogueTurnRecord,
+    read_dialogue_manifest,
+    read_turns,
+    turn_key,
+    write_dialogue_manifest,
+    write_turn_shards,
+)
 from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
 from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence  # noqa: E402
 from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
 from dlgpr.metrics import prg as prg_metric  # noqa: E402
-from dlgpr.pipeline.dialogues import (  # noqa: E402
-    DIALOGUE_FORMAT,
-    MANIFEST_NAME,
-    CorpusConfig,
-    DialogueTurnRecord,
-    build_split_turns,
-    compact_candidate_sets,
-    generate_turns,
-    read_dialogue_manifest,
-    read_turns,
-    split_by_ddi,
-    turn_key,
-    write_dialogue_manifest,
-    write_turn_shards,
-)
+from dlgpr.pipeline.chunks import build_split_turns  # noqa: E402
+from dlgpr.pipeline.ddi_split import split_by_ddi  # noqa: E402
+from dlgpr.pipeline.dialogues import CorpusConfig, compact_candidate_sets, generate_turns  # noqa: E402
 
 
 def make_turn(place_id: int = 1, round_: int = 1, prg: float = 0.5, ddi: float = 0.3, **kw) -> DialogueTurnRecord:
