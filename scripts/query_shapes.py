@@ -30,8 +30,8 @@ import torch
 
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.streaming import _SENTENCE_END
+from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
 from dlgpr.dialogue.evaluation import encode_gallery
-from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
 from dlgpr.metrics import recall_at_k
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
 
@@ -41,7 +41,7 @@ def _sentences(description: str, k: int, rng: random.Random) -> list[str]:
 
 
 def _answers(attributes: dict, k: int, rng: random.Random) -> list[str]:
-    slots = [s for s in ASKABLE_SLOTS if s in attributes]
+    slots = [s for s in SLOT_QUESTIONS if s in attributes]
     return [answer_sentence(s, attributes[s], attributes) for s in rng.sample(slots, min(k, len(slots)))]
 
 

@@ -90,6 +90,6 @@ def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
     # the answers are the oracle user's sentences about the place's own attributes
     import random
 
-    from dlgpr.dialogue.slots import answer_sentence
+    from dlgpr.data.synth.dialogue import answer_sentence
     rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, random.Random(0))
     assert sorted(rng_answers) == sorted([answer_sentence("door_color", "red"), answer_sentence("roof", "flat")])
