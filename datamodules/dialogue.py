@@ -34,15 +34,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dlgpr.data.curriculum import CurriculumMode, curriculum_order, rank_slice
+from dlgpr.data.jpeg import decode_jpeg, read_shard_jpegs
 from dlgpr.data.reader import BadSampleLog, iter_records
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import distributed_context
-from dlgpr.dialogue.evaluation import decode_jpeg, read_shard_jpegs
+from dlgpr.data.turns import DialogueTurnRecord, read_turns
 from dlgpr.dialogue.hf import FALLBACK_CHAT_TEMPLATE
 from dlgpr.dialogue.prompts import flatten_text, questioner_messages
 from dlgpr.dialogue.types import Candidate, QuestionRequest, Target, Turn, format_question
-from dlgpr.pipeline.dialogues import DialogueTurnRecord, read_turns
 
 log = logging.getLogger("dlgpr.data")
 

@@ -69,9 +69,9 @@ def main() -> None:
     from dlgpr.dialogue.api import ChatAPIConfig
     from dlgpr.dialogue.hf import find_smollm2_gguf
     from dlgpr.pipeline.dialogues import CorpusConfig
-    from dlgpr.pipeline.dqcities import DialoguesConfig, RegionsConfig, TeacherConfig, build_dqcities
+    from dlgpr.pipeline.dqcities import DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, TeacherConfig, build_dqcities
     from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder
-    from dlgpr.pipeline.regions import GroundingConfig
+    from dlgpr.pipeline.grounding import GroundingConfig
     from dlgpr.pipeline.text import TextExpansionConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dqcities_"))
@@ -98,7 +98,8 @@ def main() -> None:
         text = TextExpansionConfig(api=ChatAPIConfig(base_url=server.base_url, model="bench-vlm", max_concurrency=8), caption_words=(1, 60))
         regions = RegionsConfig(grounding=GroundingConfig(clip_pretrained=None, imgsz=args.imgsz, conf=0.0))
         split = SplitConfig(fractions=(0.8, 0.2, 0.0))
-        summary = build_dqcities(str(tmp / "gsv"), str(out), ["text", "regions", "places"], split=split, text=text, regions=regions, progress=False)
+        summary = build_dqcities(DQCitiesBuildConfig(str(tmp / "gsv"), str(out), ["text", "regions", "places"], split=split, text=text, regions=regions,
+                                                     progress=False))
         sys.argv = ["dlgpr"]  # LightningCLI must not read this script's arguments
         # a retriever trained for 2 steps: the dialogue stage's request count does not depend on its quality
         cli = cli_main(["fit", "--config", str(ROOT / "configs" / "cmpl.yaml"), "--data.init_args.data_dir", str(out / "places"),
@@ -111,7 +112,8 @@ def main() -> None:
         api = dict(base_url=server.base_url, max_concurrency=8)
         dialogues = DialoguesConfig(teacher=TeacherConfig(api=ChatAPIConfig(model="bench-teacher", **api)), user=ChatAPIConfig(model="bench-user", **api),
                                     corpus=CorpusConfig(rounds=args.rounds, chunk_places=20), tokenizer_vocab_size=0)
-        dsum = build_dqcities(str(tmp / "gsv"), str(out), ["dialogues"], split=split, retriever=ckpt, dialogues=dialogues, progress=False)
+        dsum = build_dqcities(DQCitiesBuildConfig(str(tmp / "gsv"), str(out), ["dialogues"], split=split, retriever=ckpt, dialogues=dialogues,
+                                                  progress=False))
         requests = list(server.requests)
 
     # tokens by stage and role, re-counted with a real tokenizer

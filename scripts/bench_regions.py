@@ -1,4 +1,4 @@
-"""Cost of the regions stage of the DQ-Cities builder (DlgPR sec. 3.2; dlgpr/pipeline/regions.py).
+"""Cost of the regions stage of the DQ-Cities builder (DlgPR sec. 3.2; dlgpr/pipeline/phrases.py, grounding.py).
 
     OMP_NUM_THREADS=1 python scripts/bench_regions.py --threads 1
     python scripts/bench_regions.py --places_per_city 50 --device cuda --json
@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world, render_place_views
-from dlgpr.pipeline.regions import GroundingConfig, PhraseConfig, PhraseExtractor, YOLOWorldGrounder, maximal_noun_phrases
+from dlgpr.pipeline.grounding import GroundingConfig, YOLOWorldGrounder
+from dlgpr.pipeline.phrases import PhraseConfig, PhraseExtractor, maximal_noun_phrases
 
 
 def synth_inputs(cities: int, places_per_city: int, size: tuple[int, int]) -> tuple[list[str], list[Image.Image]]:

@@ -6,7 +6,7 @@ For every place of ``train_split`` (and of ``val_split`` for the validation stag
 asks ``corpus.rounds`` questions over the compact candidate set (target, positive view, hard
 negatives from the retriever); each turn gets PRG, SA and DDI; turns with PRG < tau_1 are
 dropped and the rest split by DDI into the ``sft`` and ``grpo`` stages
-(``dlgpr.pipeline.dialogues``). Also trains the byte-level BPE tokenizer of the from-scratch
+(``dlgpr.pipeline.corpus``). Also trains the byte-level BPE tokenizer of the from-scratch
 questioner on the corpus' prompts and replies (``<out_dir>/tokenizer``).
 
 Resumable: generated chunks live in ``<out_dir>/work`` (or ``work_dir``) and are reused by a
@@ -26,7 +26,8 @@ from jsonargparse import auto_cli
 from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
 from dlgpr.dialogue.types import Answerer, Questioner
-from dlgpr.pipeline.dialogues import CorpusConfig, build_corpus
+from dlgpr.pipeline.corpus import CorpusBuildConfig, build_corpus
+from dlgpr.pipeline.dialogues import CorpusConfig
 
 
 def build(
@@ -63,8 +64,12 @@ def build(
         work_dir: where the resumable dialogue chunks live (default ``<out_dir>/work``); another
             corpus' chunks can be reused when only the stage sampling differs.
     """
-    summary = build_corpus(retriever, data_dir, out_dir, teacher, answerer, corpus, train_split, val_split, limit, val_limit,
-                           tokenizer_vocab_size, max_description_words, progress, work_dir)
+    config = CorpusBuildConfig(
+        retriever=retriever, data_dir=data_dir, out_dir=out_dir, corpus=corpus, train_split=train_split, val_split=val_split,
+        limit=limit, val_limit=val_limit, tokenizer_vocab_size=tokenizer_vocab_size, max_description_words=max_description_words,
+        progress=progress, work_dir=work_dir,
+    )
+    summary = build_corpus(config, teacher, answerer)
     for split in (train_split, val_split):
         if split is not None:
             g = summary[f"{split}_generation"]

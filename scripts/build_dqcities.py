@@ -19,7 +19,7 @@ import sys
 
 from jsonargparse import auto_cli
 
-from dlgpr.pipeline.dqcities import STAGE_NAMES, DialoguesConfig, RegionsConfig, build_dqcities, format_summary
+from dlgpr.pipeline.dqcities import STAGE_NAMES, DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, build_dqcities, format_summary
 from dlgpr.pipeline.gsv import SplitConfig
 from dlgpr.pipeline.text import StageAborted, TextExpansionConfig
 
@@ -60,8 +60,12 @@ def build(
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = build_dqcities(gsv_root, out_dir, stages, cities, limit, max_views, split, text, regions, retriever, dialogues,
-                                 max_samples_per_shard, progress, seed)
+        config = DQCitiesBuildConfig(
+            gsv_root=gsv_root, out_dir=out_dir, stages=stages, cities=cities, limit=limit, max_views=max_views, split=split, text=text,
+            regions=regions, retriever=retriever, dialogues=dialogues, max_samples_per_shard=max_samples_per_shard, progress=progress,
+            seed=seed,
+        )
+        summary = build_dqcities(config)
     except (StageAborted, FileNotFoundError, ValueError) as exc:
         sys.exit(f"build_dqcities: {exc}")
     print(format_summary(summary))

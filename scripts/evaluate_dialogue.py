@@ -21,8 +21,9 @@ import torch
 from jsonargparse import auto_cli
 
 from datamodules.dqcities import DQCitiesDataModule
+from dlgpr.data.jpeg import shard_image_loader
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
-from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, shard_image_loader, table_markdown
+from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, table_markdown
 from dlgpr.dialogue.loop import Gallery, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever

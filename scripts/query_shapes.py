@@ -37,8 +37,8 @@ import torch
 
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.streaming import _SENTENCE_END
+from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
 from dlgpr.dialogue.evaluation import encode_gallery, encode_split_gallery
-from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
 from dlgpr.metrics import recall_at_k
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
 
@@ -48,7 +48,7 @@ def _sentences(description: str, k: int, rng: random.Random) -> list[str]:
 
 
 def _answers(attributes: dict, k: int, rng: random.Random) -> list[str]:
-    slots = [s for s in ASKABLE_SLOTS if s in attributes]
+    slots = [s for s in SLOT_QUESTIONS if s in attributes]
     return [answer_sentence(s, attributes[s], attributes) for s in rng.sample(slots, min(k, len(slots)))]
 
 
@@ -93,7 +93,7 @@ def slot_rows(module, retriever: ModuleTextRetriever, places: list, gallery, dat
     base = ranks([p.initial_caption for p in places], [p.place_id for p in places])
     train = encode_split_gallery(module, data_dir, "train")
     rows = {}
-    for slot in ASKABLE_SLOTS:
+    for slot in SLOT_QUESTIONS:
         idx = [i for i, p in enumerate(places) if slot in p.attributes]
         if not idx:
             continue

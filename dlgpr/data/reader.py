@@ -8,7 +8,6 @@ skipped, so a long run never dies on one broken file.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Iterator
 from PIL import Image
 from webdataset import tariterators
 
+from dlgpr.data.jpeg import decode_jpeg
 from dlgpr.data.schema import PlaceRecord, RecordError
 
 log = logging.getLogger("dlgpr.data")
@@ -86,9 +86,7 @@ def _decode(raw: dict, shard: str, bad: BadSampleLog) -> Sample | None:
         bad.add(shard, "bad_json", reason=str(exc))
         return None
     try:
-        image = Image.open(io.BytesIO(raw["jpg"]))
-        image.load()  # decode now: a truncated or corrupt JPEG fails here, not inside a worker's collate
-        image = image.convert("RGB")
+        image = decode_jpeg(raw["jpg"])  # decode now: a truncated or corrupt JPEG fails here, not inside a worker's collate
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         log.debug("%s/%s: image does not decode: %s", shard, raw.get("__key__"), exc)
         bad.add(shard, "bad_image")

@@ -1,8 +1,9 @@
 """Simulated users: the exact oracle and a noisy wrapper (the real-user gap the paper leaves open).
 
-``OracleAnswerer`` answers from the SynthCities ground truth of the target: it maps the question
-to slots (``dlgpr.dialogue.slots.question_slots``) and says one fixed sentence per slot, or that
-it does not know when the question is about nothing it has. ``NoisyAnswerer`` wraps any answerer
+``OracleAnswerer`` answers from the ground truth of the target (``target.attributes``) through an
+attribute schema (:class:`~dlgpr.dialogue.slots.AttributeSchema`, SynthCities' by default): it
+maps the question to slots and says one fixed sentence per slot, or that it does not know when
+the question is about nothing it has. ``NoisyAnswerer`` wraps any answerer
 and, with configured rates, replaces an answer by a vague one, a wrong one (another value of the
 same slot) or "I don't remember". The LLM user that answers from the description is
 ``dlgpr.dialogue.api.LLMAnswerer``.
@@ -13,8 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dlgpr.data.synth.world import NONE, SLOTS
-from dlgpr.dialogue.slots import answer_sentence, question_slots
+from dlgpr.dialogue.slots import AttributeSchema, resolve_schema
 from dlgpr.dialogue.types import Answer, Answerer, AnswerRequest
 
 DONT_KNOW = "I don't know."
@@ -22,26 +22,25 @@ DONT_REMEMBER = "I don't remember."
 
 
 class OracleAnswerer:
-    """Answers from ``target.attributes`` (SynthCities ground truth)."""
+    """Answers from ``target.attributes`` (ground truth), phrased by ``schema`` (SynthCities' when None)."""
+
+    def __init__(self, schema: AttributeSchema | None = None) -> None:
+        self.schema = resolve_schema(schema)
 
     def answer(self, requests: list[AnswerRequest]) -> list[Answer]:
         out = []
         for req in requests:
             attrs = req.target.attributes
-            slots = [s for s in question_slots(req.question) if s in attrs]
+            slots = [s for s in self.schema.question_slots(req.question) if s in attrs]
             if not slots:
                 out.append(Answer(DONT_KNOW))
                 continue
-            out.append(Answer(" ".join(answer_sentence(s, attrs[s], attrs) for s in slots)))
+            out.append(Answer(" ".join(self.schema.answer_sentence(s, attrs[s], attrs) for s in slots)))
         return out
 
 
-_VAGUE = {
-    "facade_color": "The facade had some colour, I'm not sure which.",
-    "door_color": "The door was coloured, I didn't look closely.",
-    "house_number": "It had a number, but I don't recall it.",
-    "shop_sign": "There might have been some sign.",
-}
+NOT_SURE = "I'm not sure, something like that."
+"""The vague answer about a slot the schema has no vague phrasing for."""
 
 
 @dataclass
@@ -71,11 +70,16 @@ class NoiseConfig:
 
 
 class NoisyAnswerer:
-    """Wraps an answerer; each answer is independently perturbed, seeded per (query, round)."""
+    """Wraps an answerer; each answer is independently perturbed, seeded per (query, round).
 
-    def __init__(self, base: Answerer, noise: NoiseConfig) -> None:
+    ``schema`` (SynthCities' when None) says which slots a question asks and how a vague or a
+    wrong answer about them reads.
+    """
+
+    def __init__(self, base: Answerer, noise: NoiseConfig, schema: AttributeSchema | None = None) -> None:
         self.base = base
         self.noise = noise
+        self.schema = resolve_schema(schema)
         self.counts = {"vague": 0, "wrong": 0, "dont_remember": 0, "exact": 0}
 
     def _rng(self, req: AnswerRequest) -> random.Random:
@@ -88,7 +92,7 @@ class NoisyAnswerer:
         for req, ans in zip(requests, answers):
             rng = self._rng(req)
             u = rng.random()
-            slots = [s for s in question_slots(req.question) if s in req.target.attributes]
+            slots = [s for s in self.schema.question_slots(req.question) if s in req.target.attributes]
             if not ans.ok or not slots:
                 out.append(ans)
             elif u < n.dont_remember_rate:
@@ -96,7 +100,7 @@ class NoisyAnswerer:
                 out.append(Answer(DONT_REMEMBER))
             elif u < n.dont_remember_rate + n.vague_rate:
                 self.counts["vague"] += 1
-                out.append(Answer(_VAGUE.get(slots[0], "I'm not sure, something like that.")))
+                out.append(Answer(self.schema.vague_answer(slots[0]) or NOT_SURE))
             elif u < n.dont_remember_rate + n.vague_rate + n.wrong_rate:
                 self.counts["wrong"] += 1
                 out.append(Answer(self._wrong(slots[0], req, rng)))
@@ -105,9 +109,6 @@ class NoisyAnswerer:
                 out.append(ans)
         return out
 
-    @staticmethod
-    def _wrong(slot: str, req: AnswerRequest, rng: random.Random) -> str:
+    def _wrong(self, slot: str, req: AnswerRequest, rng: random.Random) -> str:
         attrs = req.target.attributes
-        true = attrs[slot]
-        options = [v for v in SLOTS[slot] if v != true and not (v == NONE and slot in ("sign_color", "awning_pattern", "phone_booth_color"))]
-        return answer_sentence(slot, rng.choice(options), attrs)
+        return self.schema.answer_sentence(slot, rng.choice(self.schema.wrong_values(slot, attrs[slot])), attrs)

@@ -8,17 +8,16 @@ cumulative recall against the round.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
-from PIL import Image
 
+from dlgpr.data.jpeg import shard_image_loader
 from dlgpr.data.reader import BadSampleLog, iter_shard
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.data.shards import iter_tar_members, read_manifest
+from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import ImageTransform
 from dlgpr.dialogue.loop import DialogueQuery, DialogueResult, Gallery
 from dlgpr.dialogue.types import Target
@@ -96,26 +95,6 @@ def encode_split_gallery(module: Any, data_dir: str | Path, split: str | Sequenc
         raise ValueError(f"{data_dir}: split {split!r} has no readable image")
     image_fn = shard_image_loader(data_dir, [s.path for s in shards], [r.key for r in records]) if with_images else None
     return Gallery.from_records(records, torch.cat(embs), image_fn=image_fn)
-
-
-def read_shard_jpegs(data_dir: str | Path, shard_paths: Sequence[str]) -> dict[str, bytes]:
-    """``sample key -> JPEG bytes`` of every image in the shards (decoded later, on demand)."""
-    jpegs: dict[str, bytes] = {}
-    for path in shard_paths:
-        for name, data in iter_tar_members(Path(data_dir) / path):
-            if name.endswith(".jpg"):
-                jpegs[name[: -len(".jpg")]] = data
-    return jpegs
-
-
-def decode_jpeg(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-def shard_image_loader(data_dir: Path, shard_paths: list[str], keys: list[str]) -> Callable[[int], Image.Image]:
-    """``gallery row -> PIL image`` from the shards' JPEG bytes, kept in memory."""
-    jpegs = read_shard_jpegs(data_dir, shard_paths)
-    return lambda i: decode_jpeg(jpegs[keys[i]])
 
 
 def table_markdown(results: dict[str, DialogueResult], report_rounds: Sequence[int] = (3, 5), ks: Sequence[int] = (1, 5)) -> str:

@@ -1,7 +1,7 @@
 """Rule-based questioners: random, the oracle teacher, and the PlugIR procedure.
 
 * ``RandomQuestioner`` asks about a random attribute slot not asked before (the floor).
-* ``OracleTeacherQuestioner`` (SynthCities) reads the ground-truth attributes of the top
+* ``OracleTeacherQuestioner`` reads the ground-truth attributes of the top
   candidates, keeps those consistent with what the user said, and asks about the unsettled slot
   that splits them best (largest entropy of its values over the candidate places, times a
   visibility weight), with a four-step chain of thought in the DQ-Pilot output format. It is the
@@ -11,7 +11,10 @@
   whose hypothetical answers move the retrieval distribution most (expected KL divergence between
   the candidate softmaxes before and after); the language model also rewrites the dialogue into a
   single query. The language model is pluggable (``PlugIRLanguageModel``); ``AttributePlugIRModel``
-  plays it from SynthCities attributes, an API model can play it on real data.
+  plays it from ground-truth attributes, an API model can play it on real data.
+
+The rule-based pieces reach a world's attributes through an attribute schema
+(:class:`~dlgpr.dialogue.slots.AttributeSchema`; SynthCities' when none is given).
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from typing import Any, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from dlgpr.dialogue.slots import ASKABLE_SLOTS, SLOT_QUESTIONS, answer_sentence, question_slots
+from dlgpr.dialogue.slots import AttributeSchema, resolve_schema
 from dlgpr.dialogue.types import Candidate, Question, QuestionRequest, Turn, format_question
 from dlgpr.retrieval import TextRetriever
 
 
-def asked_slots(history: Sequence[Turn]) -> set[str]:
+def asked_slots(history: Sequence[Turn], schema: AttributeSchema) -> set[str]:
     """Slots settled by answered turns (a failed turn settles nothing)."""
-    return {s for t in history if not t.failed for s in question_slots(t.question)}
+    return {s for t in history if not t.failed for s in schema.question_slots(t.question)}
 
 
 def distinct_places(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -47,30 +50,34 @@ def distinct_places(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 class RandomQuestioner:
-    """Asks about a uniformly random slot that has not been asked yet (seeded per query and round)."""
+    """Asks about a uniformly random slot that has not been asked yet (seeded per query and round).
 
-    def __init__(self, seed: int = 0, slots: Sequence[str] = ASKABLE_SLOTS) -> None:
+    ``slots``: the slots it may ask about (every slot of ``schema`` when None).
+    """
+
+    def __init__(self, seed: int = 0, slots: Sequence[str] | None = None, schema: AttributeSchema | None = None) -> None:
         self.seed = seed
-        self.slots = tuple(slots)
+        self.schema = resolve_schema(schema)
+        self.slots = tuple(slots) if slots is not None else self.schema.slots
 
     def ask(self, requests: list[QuestionRequest]) -> list[Question]:
         out = []
         for req in requests:
-            done = asked_slots(req.history)
+            done = asked_slots(req.history, self.schema)
             options = [s for s in self.slots if s not in done] or list(self.slots)
             slot = random.Random(f"random-questioner/{self.seed}/{req.query_id}/{req.round}").choice(options)
-            q = SLOT_QUESTIONS[slot]
+            q = self.schema.question(slot)
             out.append(Question(text=q, raw=format_question("", q)))
         return out
 
 
-def _consistent(attrs: dict[str, Any], history: Sequence[Turn]) -> bool:
+def _consistent(attrs: dict[str, Any], history: Sequence[Turn], schema: AttributeSchema) -> bool:
     """Whether a place agrees with every answered turn (the oracle user's sentences are fixed)."""
     for t in history:
         if t.failed:
             continue
-        for s in question_slots(t.question):
-            if s in attrs and answer_sentence(s, attrs[s], attrs) not in t.answer:
+        for s in schema.question_slots(t.question):
+            if s in attrs and schema.answer_sentence(s, attrs[s], attrs) not in t.answer:
                 return False
     return True
 
@@ -98,26 +105,31 @@ class TeacherConfig:
 
 
 class OracleTeacherQuestioner:
-    """The SynthCities teacher: asks about the slot that best splits the consistent candidates."""
+    """The oracle teacher: asks about the slot that best splits the consistent candidates.
 
-    def __init__(self, config: TeacherConfig | None = None) -> None:
+    ``schema``: the world's attribute slots (SynthCities' when None).
+    """
+
+    def __init__(self, config: TeacherConfig | None = None, schema: AttributeSchema | None = None) -> None:
         self.config = config or TeacherConfig()
+        self.schema = resolve_schema(schema)
 
     def choose(self, req: QuestionRequest) -> tuple[str, str]:
         """``(slot, reasoning)`` for one request."""
         places = distinct_places(req.candidates[: self.config.max_candidates])
         places = [p for p in places if p.attributes]
-        done = asked_slots(req.history)
-        consistent = [p for p in places if _consistent(p.attributes, req.history)]
+        slots = self.schema.slots
+        done = asked_slots(req.history, self.schema)
+        consistent = [p for p in places if _consistent(p.attributes, req.history, self.schema)]
         pool = consistent or places
         scores: dict[str, float] = {}
-        for slot in ASKABLE_SLOTS:
+        for slot in slots:
             if slot in done or not pool or slot not in pool[0].attributes:
                 continue
             scores[slot] = _entropy([p.attributes[slot] for p in pool]) * self.config.slot_weights.get(slot, 1.0)
         if not scores:  # every slot settled: ask the most telling one again
-            scores = {s: self.config.slot_weights.get(s, 1.0) for s in ASKABLE_SLOTS}
-        slot = max(scores, key=lambda s: (scores[s], -ASKABLE_SLOTS.index(s)))
+            scores = {s: self.config.slot_weights.get(s, 1.0) for s in slots}
+        slot = max(scores, key=lambda s: (scores[s], -slots.index(s)))
         return slot, self._reasoning(req, places, consistent, scores, slot)
 
     @staticmethod
@@ -143,7 +155,7 @@ class OracleTeacherQuestioner:
         out = []
         for req in requests:
             slot, think = self.choose(req)
-            q = SLOT_QUESTIONS[slot]
+            q = self.schema.question(slot)
             out.append(Question(text=q, think=think, raw=format_question(think, q)))
         return out
 
@@ -166,19 +178,22 @@ class PlugIRLanguageModel(Protocol):
 
 
 class AttributePlugIRModel:
-    """Plays PlugIR's language model from SynthCities attributes (no LLM needed).
+    """Plays PlugIR's language model from ground-truth attributes (no LLM needed).
 
     Summaries give each slot's majority value in the cluster; proposals are the questions of the
     slots whose majority values differ between clusters (most disagreeing first); a question is
     answered when its slot was asked or its majority value is already in the description; the
     hypothetical answer is the user's sentence for the cluster's majority value; the reformulation
-    concatenates the description and the answers (as a rule-based rewriter would).
+    concatenates the description and the answers (as a rule-based rewriter would). ``schema``:
+    the world's attribute slots (SynthCities' when None).
     """
 
-    @staticmethod
-    def _majority(cluster: Sequence[Candidate]) -> dict[str, Any]:
+    def __init__(self, schema: AttributeSchema | None = None) -> None:
+        self.schema = resolve_schema(schema)
+
+    def _majority(self, cluster: Sequence[Candidate]) -> dict[str, Any]:
         out = {}
-        for slot in ASKABLE_SLOTS:
+        for slot in self.schema.slots:
             values = [c.attributes[slot] for c in cluster if slot in c.attributes]
             if values:
                 out[slot] = Counter(map(str, values)).most_common(1)[0][0]
@@ -192,20 +207,21 @@ class AttributePlugIRModel:
     def propose_questions(self, description: str, history: Sequence[Turn], summaries: Sequence[str], n: int) -> list[str]:
         per_cluster = [dict(item.split(": ", 1) for item in s.split("; ") if ": " in item) for s in summaries]
         disagreement = []
-        for slot in ASKABLE_SLOTS:
+        slots = self.schema.slots
+        for slot in slots:
             values = [c.get(_slot_name(slot)) for c in per_cluster if _slot_name(slot) in c]
             if len(values) > 1:
-                disagreement.append((len(set(values)), -ASKABLE_SLOTS.index(slot), slot))
+                disagreement.append((len(set(values)), -slots.index(slot), slot))
         disagreement.sort(reverse=True)
-        return [SLOT_QUESTIONS[s] for k, _, s in disagreement if k > 1][:n]
+        return [self.schema.question(s) for k, _, s in disagreement if k > 1][:n]
 
     def is_answered(self, description: str, history: Sequence[Turn], question: str) -> bool:
-        slots = question_slots(question)
-        return not slots or any(s in asked_slots(history) for s in slots)
+        slots = self.schema.question_slots(question)
+        return not slots or any(s in asked_slots(history, self.schema) for s in slots)
 
     def hypothetical_answer(self, question: str, cluster: Sequence[Candidate], summary: str) -> str:
         maj = self._majority(cluster)
-        return " ".join(answer_sentence(s, maj[s], maj) for s in question_slots(question) if s in maj)
+        return " ".join(self.schema.answer_sentence(s, maj[s], maj) for s in self.schema.question_slots(question) if s in maj)
 
     def reformulate(self, description: str, history: Sequence[Turn]) -> str:
         return " ".join([description, *(t.answer for t in history if not t.failed)])
@@ -245,11 +261,22 @@ class PlugIRConfig:
 
 
 class PlugIRQuestioner:
-    """PlugIR's question selection by expected KL divergence of the retrieval distribution."""
+    """PlugIR's question selection by expected KL divergence of the retrieval distribution.
 
-    def __init__(self, retriever: TextRetriever | None = None, lm: PlugIRLanguageModel | None = None, config: PlugIRConfig | None = None) -> None:
+    ``schema``: the attribute slots of the default language model and of the random fallback
+    when no question is left (SynthCities' when None).
+    """
+
+    def __init__(
+        self,
+        retriever: TextRetriever | None = None,
+        lm: PlugIRLanguageModel | None = None,
+        config: PlugIRConfig | None = None,
+        schema: AttributeSchema | None = None,
+    ) -> None:
         self.retriever = retriever
-        self.lm = lm if lm is not None else AttributePlugIRModel()
+        self.schema = resolve_schema(schema)
+        self.lm = lm if lm is not None else AttributePlugIRModel(self.schema)
         self.config = config or PlugIRConfig()
 
     def bind_retriever(self, retriever: TextRetriever) -> None:
@@ -301,7 +328,7 @@ class PlugIRQuestioner:
 
     def _select(self, req: QuestionRequest, plan: dict[str, Any], emb: torch.Tensor) -> Question:
         if not plan["questions"]:
-            fallback = RandomQuestioner(self.config.seed).ask([req])[0]
+            fallback = RandomQuestioner(self.config.seed, schema=self.schema).ask([req])[0]
             return Question(text=fallback.text, think="PlugIR: no informative question left; random slot.", raw=fallback.raw)
         gallery = torch.stack([c.embedding for c in plan["cands"]]).float()  # [C, D]
         logp = F.log_softmax(emb @ gallery.T / self.config.temperature, dim=1)  # [T, C]

@@ -36,9 +36,11 @@ from tqdm.auto import tqdm
 from dlgpr.data.schema import PlaceRecord, Region, RecordError
 from dlgpr.data.shards import Manifest, write_manifest, write_split
 from dlgpr.dialogue.api import ChatAPIConfig, LLMAnswerer
-from dlgpr.pipeline.dialogues import CorpusConfig, build_corpus
+from dlgpr.pipeline.corpus import CorpusBuildConfig, build_corpus
+from dlgpr.pipeline.dialogues import CorpusConfig
 from dlgpr.pipeline.gsv import GSVImage, SplitConfig, scan_gsv_cities
-from dlgpr.pipeline.regions import GroundingConfig, PhraseConfig, PhraseExtractor, YOLOWorldGrounder, to_regions
+from dlgpr.pipeline.phrases import PhraseConfig, PhraseExtractor
+from dlgpr.pipeline.grounding import GroundingConfig, YOLOWorldGrounder, to_regions
 from dlgpr.pipeline.store import ItemStore
 from dlgpr.pipeline.teacher import EvidenceTeacherQuestioner
 from dlgpr.pipeline.text import StageAborted, TextExpander, TextExpansionConfig, run_items
@@ -80,7 +82,7 @@ class TeacherConfig:
 
 @dataclass
 class DialoguesConfig:
-    """Stages 3-4: dialogues, PRG / SA / DDI, DDI sampling (``dlgpr.pipeline.dialogues``)."""
+    """Stages 3-4: dialogues, PRG / SA / DDI, DDI sampling (``dlgpr.pipeline.corpus``)."""
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     user: ChatAPIConfig = field(default_factory=lambda: ChatAPIConfig(model="Qwen/Qwen2.5-72B-Instruct", max_tokens=80))
@@ -283,35 +285,47 @@ def bar_iter(items: Sequence[Any], bar: tqdm) -> Iterator[Any]:
 # ---- the build -------------------------------------------------------------------------------------
 
 
-def build_dqcities(
-    gsv_root: str,
-    out_dir: str,
-    stages: Sequence[str] = STAGE_NAMES,
-    cities: list[str] | None = None,
-    limit: int | None = None,
-    max_views: int | None = None,
-    split: SplitConfig | None = None,
-    text: TextExpansionConfig | None = None,
-    regions: RegionsConfig | None = None,
-    retriever: str | None = None,
-    dialogues: DialoguesConfig | None = None,
-    max_samples_per_shard: int = 1000,
-    progress: bool = True,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Run ``stages`` in order; returns (and writes to ``out_dir/summary.json``) the build summary."""
-    unknown = [s for s in stages if s not in STAGE_NAMES]
-    if unknown:
-        raise ValueError(f"stages {unknown} unknown; choose from {', '.join(STAGE_NAMES)}")
-    split = split or SplitConfig()
-    text = text or TextExpansionConfig()
-    regions = regions or RegionsConfig()
-    dialogues = dialogues or DialoguesConfig()
-    out = Path(out_dir)
+@dataclass
+class DQCitiesBuildConfig:
+    """What a DQ-Cities build reads, writes and runs (the arguments of ``scripts/build_dqcities.py``)."""
+
+    gsv_root: str
+    """GSV-Cities folder (``Dataframes/<City>.csv``, ``Images/<City>/*.jpg``)."""
+    out_dir: str
+    """Output: ``work/``, ``cache/``, ``places/``, ``dialogues/``, ``summary.json``."""
+    stages: Sequence[str] = STAGE_NAMES
+    """Which of text, regions, places, dialogues to run (in that order)."""
+    cities: list[str] | None = None
+    """Only these cities (None: all CSVs of the folder)."""
+    limit: int | None = None
+    """At most this many places per city (the first by place id): a small run."""
+    max_views: int | None = None
+    """At most this many images per place."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    text: TextExpansionConfig = field(default_factory=TextExpansionConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    retriever: str | None = None
+    """Checkpoint of a retriever trained on ``<out_dir>/places`` (the dialogues stage is skipped without one)."""
+    dialogues: DialoguesConfig = field(default_factory=DialoguesConfig)
+    max_samples_per_shard: int = 1000
+    progress: bool = True
+    seed: int = 0
+    """Seed of the retry jitter."""
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
+        if unknown:
+            raise ValueError(f"stages {unknown} unknown; choose from {', '.join(STAGE_NAMES)}")
+
+
+def build_dqcities(config: DQCitiesBuildConfig) -> dict[str, Any]:
+    """Run ``config.stages`` in order; returns (and writes to ``out_dir/summary.json``) the build summary."""
+    c = config
+    out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    scan = scan_gsv_cities(gsv_root, split, cities, limit, max_views)
-    summary: dict[str, Any] = {"gsv_root": str(gsv_root), "cities": scan.cities, "images": len(scan.images),
+    scan = scan_gsv_cities(c.gsv_root, c.split, c.cities, c.limit, c.max_views)
+    summary: dict[str, Any] = {"gsv_root": str(c.gsv_root), "cities": scan.cities, "images": len(scan.images),
                                "places": len({im.place_id for im in scan.images}), "scan_skipped": dict(scan.skipped), "stages": {}}
     images = scan.images
 
@@ -321,22 +335,22 @@ def build_dqcities(
         stats.seconds = round(time.perf_counter() - start, 2)
         summary["stages"][name] = stats.as_dict()
 
-    if "text" in stages:
-        timed("text", lambda: run_text_stage(images, text, out, seed, progress))
+    if "text" in c.stages:
+        timed("text", lambda: run_text_stage(images, c.text, out, c.seed, c.progress))
     texts = ItemStore(out / "work" / "text.jsonl").done()
-    if "regions" in stages:
-        timed("regions", lambda: run_regions_stage(images, texts, regions, out, progress))
-    if "places" in stages:
+    if "regions" in c.stages:
+        timed("regions", lambda: run_regions_stage(images, texts, c.regions, out, c.progress))
+    if "places" in c.stages:
         grounded = ItemStore(out / "work" / "regions.jsonl").done()
-        extra = {"builder": "dlgpr.pipeline.dqcities", "gsv_root": str(gsv_root), "cities": scan.cities,
-                 "text_model": text.api.model, "prompt_versions": sorted({t.get("prompt_version", "") for t in texts.values()}),
-                 "split": asdict(split)}
-        timed("places", lambda: write_places(images, texts, grounded, out / "places", max_samples_per_shard, extra, progress))
-    if "dialogues" in stages:
-        if retriever is None:
+        extra = {"builder": "dlgpr.pipeline.dqcities", "gsv_root": str(c.gsv_root), "cities": scan.cities,
+                 "text_model": c.text.api.model, "prompt_versions": sorted({t.get("prompt_version", "") for t in texts.values()}),
+                 "split": asdict(c.split)}
+        timed("places", lambda: write_places(images, texts, grounded, out / "places", c.max_samples_per_shard, extra, c.progress))
+    if "dialogues" in c.stages:
+        if c.retriever is None:
             summary["stages"]["dialogues"] = StageStats("dialogues", skipped="no retriever: train one on places/ and pass --retriever").as_dict()
         else:
-            timed("dialogues", lambda: run_dialogue_stage(out, retriever, dialogues, progress))
+            timed("dialogues", lambda: run_dialogue_stage(out, c.retriever, c.dialogues, c.progress))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     return summary
@@ -346,8 +360,12 @@ def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, progr
     """Stages 3-4 over every place of ``out/places`` (``--limit`` already shaped them)."""
     teacher = EvidenceTeacherQuestioner(config.teacher.api, config.teacher.prompt, config.teacher.max_regions)
     user = LLMAnswerer(config.user)
-    corpus = build_corpus(retriever, out / "places", out / "dialogues", teacher, user, config.corpus, config.train_split,
-                          config.val_split, None, config.val_limit, config.tokenizer_vocab_size, config.max_description_words, progress)
+    build = CorpusBuildConfig(
+        retriever=retriever, data_dir=out / "places", out_dir=out / "dialogues", corpus=config.corpus, train_split=config.train_split,
+        val_split=config.val_split, val_limit=config.val_limit, tokenizer_vocab_size=config.tokenizer_vocab_size,
+        max_description_words=config.max_description_words, progress=progress,
+    )
+    corpus = build_corpus(build, teacher, user)
     stats = StageStats("dialogues")
     for split in (config.train_split, config.val_split):
         if split is not None:
@@ -386,5 +404,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DialoguesConfig", "RegionsConfig", "STAGE_NAMES", "StageAborted", "TeacherConfig", "build_dqcities", "format_summary",
+__all__ = ["DQCitiesBuildConfig", "DialoguesConfig", "RegionsConfig", "STAGE_NAMES", "StageAborted", "TeacherConfig", "build_dqcities", "format_summary",
            "run_dialogue_stage", "run_regions_stage", "run_text_stage", "write_places"]

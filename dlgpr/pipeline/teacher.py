@@ -8,7 +8,7 @@ question, in the DQ-Pilot format ``<think>..</think><question>..</question>``. L
 inference it is not told which candidate is the target: the question must split the set.
 
 It is a :class:`~dlgpr.dialogue.types.Questioner`, so the dialogue-corpus code
-(:mod:`dlgpr.pipeline.dialogues`) runs it exactly as it runs the oracle teacher on SynthCities.
+(:mod:`dlgpr.pipeline.corpus`) runs it exactly as it runs the oracle teacher on SynthCities.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ from tiny_models import CORPUS, tiny_causal_lm, tiny_qwen25vl, tiny_requests, ti
 
 from conftest import WORDS, make_tiny_dataset  # noqa: E402
 from datamodules.dialogue import IGNORE_INDEX, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample  # noqa: E402
+from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards  # noqa: E402
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig  # noqa: E402
 from dlgpr.dialogue.prompts import questioner_messages  # noqa: E402
 from dlgpr.dialogue.types import QuestionRequest, Target, format_question  # noqa: E402
 from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer  # noqa: E402
-from dlgpr.pipeline.dialogues import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards  # noqa: E402
 
 # ---- the curriculum sampler -------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from datamodules.dialogue import DialogueDataModule, TurnExample  # noqa: E402
 from dlgpr.data.reader import iter_records  # noqa: E402
 from dlgpr.data.schema import make_key  # noqa: E402
 from dlgpr.data.shards import read_manifest  # noqa: E402
+from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards  # noqa: E402
 from dlgpr.models.questioner import (  # noqa: E402
     POLICY_FILE,
     LoRAConfig,
@@ -40,7 +41,6 @@ from dlgpr.models.questioner import (  # noqa: E402
 )
 from dlgpr.modules.dqpilot import GRPOConfig, GRPOModule, Rollout, SFTModule  # noqa: E402
 from dlgpr.modules.optim import OptimConfig  # noqa: E402
-from dlgpr.pipeline.dialogues import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards  # noqa: E402
 from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)

@@ -20,8 +20,8 @@ import torch
 from conftest import make_tiny_dataset  # tests/ is on sys.path: rootdir conftest
 from dlgpr.cli import main
 from dlgpr.data.schema import make_key
+from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
 from dlgpr.models.questioner import POLICY_FILE, PolicyConfig, is_peft, load_policy, train_corpus_tokenizer
-from dlgpr.pipeline.dialogues import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT_CONFIG = ROOT / "configs" / "dqpilot_sft.yaml"

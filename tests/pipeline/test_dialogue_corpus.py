@@ -18,28 +18,26 @@ from lexical import LexicalRetriever  # noqa: E402
 from dlgpr.data.reader import BadSampleLog  # noqa: E402
 from dlgpr.data.schema import PlaceRecord, RecordError, make_key  # noqa: E402
 from dlgpr.data.shards import DeterministicTar  # noqa: E402
+from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
-from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
-from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
-from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence  # noqa: E402
-from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
-from dlgpr.metrics import prg as prg_metric  # noqa: E402
-from dlgpr.pipeline.dialogues import (  # noqa: E402
+from dlgpr.data.turns import (  # noqa: E402
     DIALOGUE_FORMAT,
     MANIFEST_NAME,
-    CorpusConfig,
     DialogueTurnRecord,
-    build_split_turns,
-    compact_candidate_sets,
-    generate_turns,
     read_dialogue_manifest,
     read_turns,
-    split_by_ddi,
     turn_key,
     write_dialogue_manifest,
     write_turn_shards,
 )
+from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
+from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
+from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
+from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
+from dlgpr.metrics import prg as prg_metric  # noqa: E402
+from dlgpr.pipeline.chunks import build_split_turns  # noqa: E402
+from dlgpr.pipeline.ddi_split import split_by_ddi  # noqa: E402
+from dlgpr.pipeline.dialogues import CorpusConfig, compact_candidate_sets, generate_turns  # noqa: E402
 
 
 def make_turn(place_id: int = 1, round_: int = 1, prg: float = 0.5, ddi: float = 0.3, **kw) -> DialogueTurnRecord:
@@ -441,7 +439,7 @@ def tiny_world():
     world = make_world(SynthCitiesConfig(num_cities=2, places_per_city=4, views_per_place=2, seed=4))
     records = []
     for p in world.places:
-        assert set(ASKABLE_SLOTS) <= set(p.attributes)
+        assert set(SLOT_QUESTIONS) <= set(p.attributes)
         for v in range(2):
             # the second view's description leaves a few slots out, so the positive reads differently
             attrs = p.attributes if v == 0 else {k: x for k, x in p.attributes.items() if k not in ("house_number", "tree", "bench")}

@@ -29,11 +29,12 @@ from dlgpr.cli import main  # noqa: E402
 from dlgpr.data.reader import iter_records  # noqa: E402
 from dlgpr.data.shards import iter_tar_members, read_manifest  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities  # noqa: E402
+from dlgpr.data.turns import read_turns  # noqa: E402
 from dlgpr.dialogue.api import ChatAPIConfig  # noqa: E402
-from dlgpr.pipeline.dialogues import CorpusConfig, read_turns  # noqa: E402
-from dlgpr.pipeline.dqcities import DialoguesConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary  # noqa: E402
+from dlgpr.pipeline.dialogues import CorpusConfig  # noqa: E402
+from dlgpr.pipeline.dqcities import DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary  # noqa: E402
 from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder  # noqa: E402
-from dlgpr.pipeline.regions import GroundingConfig  # noqa: E402
+from dlgpr.pipeline.grounding import GroundingConfig  # noqa: E402
 from dlgpr.pipeline.store import ItemStore  # noqa: E402
 from dlgpr.pipeline.text import RetryPolicy, TextExpansionConfig  # noqa: E402
 
@@ -111,7 +112,7 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         kw = dict(split=world.split(), text=text_config(server), regions=regions_config(), progress=False)
 
         # run 1: class-0 images fail both allowed attempts and are recorded as failed
-        first = build_dqcities(str(world.gsv), str(out), stages=["text", "regions", "places"], **kw)
+        first = build_dqcities(DQCitiesBuildConfig(str(world.gsv), str(out), stages=["text", "regions", "places"], **kw))
         text = first["stages"]["text"]
         assert (text["items"], text["done"], text["failed"]) == (n, n - n_fail, n_fail)
         assert text["failures"] == {"api_error:InternalServerError": n_fail}
@@ -123,7 +124,7 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
 
         # run 2, same command: only the failed items are asked again, and they succeed
         before = len(server.requests)
-        second = build_dqcities(str(world.gsv), str(out), stages=["text", "regions", "places"], **kw)
+        second = build_dqcities(DQCitiesBuildConfig(str(world.gsv), str(out), stages=["text", "regions", "places"], **kw))
         text = second["stages"]["text"]
         assert (text["resumed"], text["done"], text["failed"], text["requests"]) == (n - n_fail, n_fail, 0, n_fail)
         assert len(server.requests) - before == n_fail
@@ -150,7 +151,7 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         # the response cache: a lost work file costs no request
         (out / "work" / "text.jsonl").unlink()
         before = len(server.requests)
-        third = build_dqcities(str(world.gsv), str(out), stages=["text"], **kw)
+        third = build_dqcities(DQCitiesBuildConfig(str(world.gsv), str(out), stages=["text"], **kw))
         assert third["stages"]["text"]["cached"] == n and len(server.requests) == before
 
     # the place shards train the retriever config ...
@@ -172,8 +173,9 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         dialogues = DialoguesConfig(teacher=TeacherConfig(api=ChatAPIConfig(model="fake-teacher", **api)),
                                     user=ChatAPIConfig(model="fake-user", **api),
                                     corpus=CorpusConfig(rounds=3, prg_threshold=-1.0, chunk_places=2), tokenizer_vocab_size=400)
-        built = build_dqcities(str(world.gsv), str(out), stages=["dialogues"], split=world.split(), retriever=str(ckpt),
-                               dialogues=dialogues, progress=False)
+        config = DQCitiesBuildConfig(str(world.gsv), str(out), stages=["dialogues"], split=world.split(), retriever=str(ckpt),
+                                     dialogues=dialogues, progress=False)
+        built = build_dqcities(config)
         stage = built["stages"]["dialogues"]
         assert stage["items"] == 10 and stage["failed"] == 0 and stage["done"] == 30  # 5 train + 5 val places x 3 rounds
         rate_limited = len(server.requests) // 4
@@ -181,8 +183,7 @@ def test_build_with_faults_resumes_failed_items_and_trains_both_models(tmp_path,
         teacher_prompts = [message_text(r.body["messages"][1]) for r in server.requests if "<question>" in message_text(r.body["messages"][0])]
         assert teacher_prompts and all("regions:" in p for p in teacher_prompts)  # the evidence base reaches the teacher
         before = len(server.requests)
-        rerun = build_dqcities(str(world.gsv), str(out), stages=["dialogues"], split=world.split(), retriever=str(ckpt),
-                               dialogues=dialogues, progress=False)
+        rerun = build_dqcities(config)
         assert len(server.requests) == before and rerun["stages"]["dialogues"]["requests"] == 0  # every chunk resumed
     manifest = json.loads((out / "dialogues" / "manifest.json").read_text())
     assert manifest["counts"]["sft"]["turns"] > 0 and manifest["counts"]["val"]["turns"] == 15
@@ -253,7 +254,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 def test_regions_stage_counts_bad_images_and_grounding_failures_and_a_rerun_retries_them(tmp_path, monkeypatch):
     from dlgpr.pipeline import dqcities
     from dlgpr.pipeline.gsv import scan_gsv_cities
-    from dlgpr.pipeline.regions import GroundedPhrase
+    from dlgpr.pipeline.grounding import GroundedPhrase
 
     world = World(tmp_path, cities=1, places=2)
     images = scan_gsv_cities(world.gsv, SplitConfig()).images

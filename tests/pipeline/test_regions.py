@@ -8,19 +8,8 @@ import torch
 from PIL import Image
 
 from dlgpr.data.schema import Region
-from dlgpr.pipeline.regions import (
-    GroundedPhrase,
-    GroundingConfig,
-    PhraseConfig,
-    PhraseExtractor,
-    YOLOWorldGrounder,
-    _detector_state_dict,
-    boxes_to_unit,
-    letterbox,
-    load_spacy,
-    maximal_noun_phrases,
-    to_regions,
-)
+from dlgpr.pipeline.grounding import GroundedPhrase, GroundingConfig, YOLOWorldGrounder, _detector_state_dict, boxes_to_unit, letterbox, to_regions
+from dlgpr.pipeline.phrases import PhraseConfig, PhraseExtractor, load_spacy, maximal_noun_phrases
 
 # --------------------------------------------------------------------------------------------
 # Phrases

@@ -90,7 +90,7 @@ def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
     # the answers are the oracle user's sentences about the place's own attributes
     import random
 
-    from dlgpr.dialogue.slots import answer_sentence
+    from dlgpr.data.synth.dialogue import answer_sentence
     rng_answers = query_shapes._answers({"door_color": "red", "roof": "flat"}, 5, random.Random(0))
     assert sorted(rng_answers) == sorted([answer_sentence("door_color", "red"), answer_sentence("roof", "flat")])
 
@@ -100,7 +100,7 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
 
     from datamodules.dqcities import DQCitiesDataModule
     from dlgpr.dialogue.evaluation import encode_split_gallery
-    from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence
+    from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
     from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
 
     spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
@@ -110,7 +110,7 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
     out = tmp_path / "shapes.json"
     query_shapes.main(["--ckpt", ckpt, "--data_dir", str(home_dir), "--split", "val", "--sentences", "--answers", "--per_slot", "--json", str(out)])
     rows = json.loads(out.read_text())["per_slot"]
-    assert set(rows) <= set(ASKABLE_SLOTS) and "facade_color" in rows
+    assert set(rows) <= set(SLOT_QUESTIONS) and "facade_color" in rows
     for row in rows.values():
         assert 0.0 <= row["probe_accuracy"] <= 1.0 and 0.0 <= row["majority_rate"] <= 1.0 and row["values"] >= 1
     # the facade-colour row recomputed directly: one query per place (its first view), caption vs caption + answer
