@@ -20,7 +20,7 @@ import torch
 from datamodules.dialogue import DialogueDataModule
 from dlgpr.dialogue.hf import DQPilotQuestioner
 from dlgpr.dialogue.prompts import questioner_messages
-from dlgpr.dialogue.rewards import RetrievalGainReward
+from dlgpr.rewards import RetrievalGainReward
 from dlgpr.dialogue.slots import SLOT_QUESTIONS
 from dlgpr.dialogue.types import format_question, parse_question
 

@@ -45,10 +45,11 @@ from dlgpr.data.schema import PlaceRecord, RecordError
 from dlgpr.data.reader import iter_records
 from dlgpr.data.shards import DeterministicTar, iter_tar_members, read_manifest
 from dlgpr.dialogue.evaluation import build_queries
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
+from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
 from dlgpr.dialogue.prompts import PROMPT_VERSION, flatten_text, questioner_messages
-from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, Turn, format_question
+from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, RecordsUser, Turn, format_question
 from dlgpr.metrics import ddi, semantic_ambiguity
+from dlgpr.ranking import Gallery
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import topk_search
 
@@ -562,9 +563,8 @@ def build_corpus(
     A teacher with ``bind_records`` (the API teacher's evidence base) gets the place records first.
     Returns the summary stored in the manifest's ``extra``.
     """
-    from dlgpr.dialogue.evaluation import encode_split_gallery  # heavy imports, only for a build
-    from dlgpr.models.questioner import train_corpus_tokenizer
-    from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+    from dlgpr.models.questioner import train_corpus_tokenizer  # heavy imports, only for a build
+    from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -582,9 +582,9 @@ def build_corpus(
         if not records:
             raise ValueError(f"{data_dir}: split {split!r} has no place")
         all_records.update({r.key: r for r in records})
-        if hasattr(teacher, "bind_records"):
+        if isinstance(teacher, RecordsUser):
             teacher.bind_records(records)
-        gallery = encode_split_gallery(module, data_dir, split)
+        gallery = encode_gallery(module, data_dir, split)
         work = Path(work_dir) if work_dir is not None else out / "work"
         turns, stats = build_split_turns(records, gallery, text_retriever, teacher, answerer, corpus, work, split, lim, progress)
         split_turns[split] = turns

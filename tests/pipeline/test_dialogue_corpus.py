@@ -20,11 +20,12 @@ from dlgpr.data.schema import PlaceRecord, RecordError, make_key  # noqa: E402
 from dlgpr.data.shards import DeterministicTar  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
 from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
+from dlgpr.dialogue.loop import DialogueQuery  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
 from dlgpr.dialogue.slots import ASKABLE_SLOTS, answer_sentence  # noqa: E402
-from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
+from dlgpr.dialogue.types import Question, Target, Turn, compose_query  # noqa: E402
 from dlgpr.metrics import prg as prg_metric  # noqa: E402
+from dlgpr.ranking import Gallery, gallery_positive_ranks  # noqa: E402
 from dlgpr.pipeline.dialogues import (  # noqa: E402
     DIALOGUE_FORMAT,
     MANIFEST_NAME,
