@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dlgpr.dialogue.types import (
-    Answer, Answerer, AnswerRequest, Candidate, QueryComposer, Question, Questioner, QuestionRequest, Target, Turn, TurnFailure,
+    Answerer, AnswerRequest, Candidate, QueryComposer, Question, Questioner, QuestionRequest, Target, Turn, TurnFailure,
     compose_query,
 )
 from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
@@ -141,7 +141,7 @@ def run_dialogue(
 
     Each round: compose the queries, encode them, search and rank (:func:`_search`), then ask
     (:func:`_question_requests`, failures recorded by :func:`_record_questions`) and answer
-    (:func:`_record_answers`). The query of round t is ``questioner.compose_query(d_0, history)``
+    (:func:`_answer`). The query of round t is ``questioner.compose_query(d_0, history)``
     when the questioner is a :class:`~dlgpr.dialogue.types.QueryComposer` (PlugIR rewrites the
     dialogue), else :func:`~dlgpr.dialogue.types.compose_query`: d_0 and the answers.
     """
@@ -177,13 +177,7 @@ def run_dialogue(
         with _timer(timings, "question"):
             questions = _checked(questioner.ask(requests), len(requests), "questioner")
         asking = _record_questions(questions, histories, stats)
-        answer_requests = [
-            AnswerRequest(query_id=queries[i].query_id, round=t + 1, question=questions[i].text, target=queries[i].target, history=tuple(histories[i]))
-            for i in asking
-        ]
-        with _timer(timings, "answer"):
-            answers = _checked(answerer.answer(answer_requests), len(answer_requests), "answerer") if answer_requests else []
-        _record_answers(asking, questions, answers, histories, stats)
+        _answer(answerer, queries, questions, asking, histories, t + 1, stats, timings)
 
     return DialogueResult(
         queries=list(queries),
@@ -261,9 +255,18 @@ def _record_questions(questions: Sequence[Question], histories: list[list[Turn]]
     return asking
 
 
-def _record_answers(asking: Sequence[int], questions: Sequence[Question], answers: Sequence[Answer], histories: list[list[Turn]],
-                    stats: Counter) -> None:
-    """Append each asked question's turn: answered, or failed (no answer, an empty one)."""
+def _answer(
+    answerer: Answerer, queries: Sequence[DialogueQuery], questions: Sequence[Question], asking: Sequence[int], histories: list[list[Turn]],
+    round: int, stats: Counter, timings: dict[str, float],
+) -> None:
+    """Let the user answer the questions that can be asked (``asking``) and append each one's turn:
+    answered, or failed (no answer, an empty one)."""
+    requests = [
+        AnswerRequest(query_id=queries[i].query_id, round=round, question=questions[i].text, target=queries[i].target, history=tuple(histories[i]))
+        for i in asking
+    ]
+    with _timer(timings, "answer"):
+        answers = _checked(answerer.answer(requests), len(requests), "answerer") if requests else []
     for i, ans in zip(asking, answers):
         qu = questions[i]
         if not ans.ok:
