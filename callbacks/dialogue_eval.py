@@ -26,10 +26,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from callbacks.gather import RowCollector
 from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.evaluation import bind_retriever, build_queries, recall_figure
-from dlgpr.dialogue.loop import Gallery, run_dialogue
+from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
 from dlgpr.dialogue.types import Answerer, Questioner
-from dlgpr.retrieval import ModuleTextRetriever, unique_rows
+from dlgpr.ranking import Gallery, unique_rows
+from dlgpr.retrieval import ModuleTextRetriever
 
 _FIELDS = ("image_emb", "place_id", "view")
 

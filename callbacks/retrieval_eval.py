@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.gather import RowCollector
 from dlgpr.metrics import recall_at_k
-from dlgpr.retrieval import rank_of_place, unique_rows
+from dlgpr.ranking import rank_of_place, unique_rows
 from dlgpr.search import Backend
 
 _FIELDS = ("image_emb", "text_emb", "place_id", "view")

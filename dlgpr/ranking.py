@@ -10,11 +10,11 @@ rank of a query is that of its best positive, ``1 + #higher + n / (m + 1)``. So 
 scores every image alike ranks at chance, ``(G + 1) / (P + 1)`` for P positives among G images,
 instead of first.
 
-Every place that ranks imports this module: the static evaluation (``dlgpr.retrieval.rank_of_place``,
-the retrieval callback, single process or gathered over DDP ranks), the dialogue loop (exact ranks
-over the whole gallery, or ranks from a search backend's top lists) and the PRG reward. Ranks
-depend on the scores only, never on the order of the gallery rows or on how a backend orders
-equal scores.
+Every place that ranks imports this module: the static evaluation (:func:`rank_of_place`, the
+retrieval callback, single process or gathered over DDP ranks), the dialogue loop over a
+:class:`Gallery` (:func:`exact_search` over the whole gallery, or :func:`backend_search` from a
+search backend's top lists) and the PRG reward (:func:`gallery_positive_ranks`). Ranks depend on
+the scores only, never on the order of the gallery rows or on how a backend orders equal scores.
 
 A top-k list (torch or faiss) cannot tell how many images tie with a positive beyond its end, so
 ranks from lists take the positives' scores from the embeddings and count only what the list
@@ -24,10 +24,21 @@ gallery.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
 import torch
+from PIL import Image
 from torch import Tensor
 
-__all__ = ["TIE_EPS", "expected_ranks", "positive_rows", "positive_scores", "exact_positive_ranks", "ranks_from_lists", "best_rank"]
+from dlgpr.data.schema import PlaceRecord
+from dlgpr.dialogue.types import Candidate
+from dlgpr.search import Backend, topk_search
+
+__all__ = [
+    "TIE_EPS", "expected_ranks", "positive_rows", "positive_scores", "exact_positive_ranks", "ranks_from_lists", "best_rank",
+    "list_positive_ranks", "rank_of_place", "unique_rows", "Gallery", "exact_search", "backend_search", "gallery_positive_ranks",
+]
 
 TIE_EPS = 1e-6
 """Scores closer than this are tied (float noise between batch compositions is below it)."""
@@ -186,3 +197,160 @@ def best_rank(ranks: Tensor, valid_count: Tensor, missing: float) -> Tensor:
     """``[Q]`` rank of each query's best positive from ascending ``ranks [Q, P]``; ``missing`` where it has none."""
     first = ranks[:, 0] if ranks.shape[1] else torch.zeros(ranks.shape[0], dtype=torch.float64)
     return torch.where(valid_count > 0, first, torch.full_like(first, float(missing)))
+
+
+def list_positive_ranks(
+    queries: Tensor, query_labels: Tensor, gallery: Tensor, gallery_labels: Tensor, rows: Tensor, list_scores: Tensor, list_idx: Tensor
+) -> Tensor:
+    """``[Q, P]`` expected ranks of each query's positives from a backend's top lists ``[Q, depth]``.
+
+    The lists decide the positives they cover (:func:`ranks_from_lists`), the positives' scores
+    come from the embeddings, and a query whose tie group reaches the end of its list is counted
+    over the whole gallery. Positives deeper than the list get ``depth + 1``; 0 in padding.
+    Everything is computed where the caller put it (``list_idx`` -1 marks an empty slot).
+    """
+    listed = list_idx >= 0  # [Q, depth]
+    is_pos = (gallery_labels[list_idx.clamp(min=0)] == query_labels[:, None]) & listed  # [Q, depth]
+    valid = rows >= 0  # [Q, P]
+    ps = positive_scores(queries, gallery, rows)  # [Q, P]
+    ranks, undecided = ranks_from_lists(list_scores.float(), is_pos, listed, ps, valid, gallery.shape[0])
+    if undecided.any():
+        todo = undecided.nonzero().flatten()
+        ranks[todo] = exact_positive_ranks(queries[todo], gallery, rows[todo])[0]
+    return ranks
+
+
+def rank_of_place(
+    queries: Tensor,
+    query_labels: Tensor,
+    gallery: Tensor,
+    gallery_labels: Tensor,
+    k: int,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Expected 1-based rank of the best gallery image of each query's place (the static evaluation).
+
+    Ties are neither in the target's favour nor against it: tied images count half (the expected
+    position under a random order of ties), so the rank does not depend on how the backend orders
+    equal scores, nor on the order of the gallery rows (which differs between one process and a
+    DDP gather), and a retriever that scores everything alike ranks at chance. The backend's top
+    ``k`` lists decide most queries (:func:`list_positive_ranks`).
+
+    Args:
+        queries: ``[Q, D]`` normalised query embeddings.
+        query_labels: ``[Q]`` place id of each query.
+        gallery: ``[G, D]`` normalised gallery embeddings.
+        gallery_labels: ``[G]`` place id of each gallery image.
+        k: depth of the search; queries whose place is ranked deeper (or absent) get ``k + 1``.
+
+    Returns:
+        ``[Q]`` float64 ranks (whole or half-integers when scores tie).
+    """
+    rows = positive_rows(query_labels, gallery_labels)  # [Q, P]
+    if k < 1 or queries.shape[0] == 0 or gallery.shape[0] == 0:
+        return torch.full((queries.shape[0],), float(max(k, 0) + 1), dtype=torch.float64)
+    scores, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
+    ranks = list_positive_ranks(queries.cpu(), query_labels.cpu(), gallery.cpu(), gallery_labels.cpu(), rows, scores.float().cpu(), idx.cpu())
+    best = best_rank(ranks, (rows >= 0).sum(dim=1), k + 1)  # [Q]
+    return best.clamp(max=float(k + 1))
+
+
+def unique_rows(*ids: Tensor) -> Tensor:
+    """Indices of the first occurrence of each distinct id tuple (DDP padding can repeat samples).
+
+    ids: one or more ``[N]`` integer tensors forming a composite key. Returns sorted ``[U]`` indices.
+    """
+    key = torch.stack([i.long() for i in ids], dim=1)  # [N, C]
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [N]
+    first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long) if key.numel() else torch.zeros(0, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0]), reduce="amin")  # [U]
+    return first.sort().values
+
+
+# ---- the searched gallery of the dialogue loop and the PRG reward --------------------------------
+
+
+@dataclass
+class Gallery:
+    """The searched images, encoded once: ``embeddings [G, D]`` (normalised), ``place_ids [G]``."""
+
+    embeddings: Tensor
+    place_ids: Tensor
+    keys: list[str]
+    descriptions: list[str]
+    attributes: list[dict[str, Any]]
+    image_fn: Callable[[int], Image.Image] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.embeddings.shape[0]
+        if not (len(self.place_ids) == len(self.keys) == len(self.descriptions) == len(self.attributes) == n):
+            raise ValueError("gallery fields must all have one entry per image")
+        ids, counts = torch.unique(self.place_ids, return_counts=True)
+        self._positives = dict(zip(ids.tolist(), counts.tolist()))
+
+    @classmethod
+    def from_records(cls, records: Sequence[PlaceRecord], embeddings: Tensor, image_fn: Callable[[int], Image.Image] | None = None) -> "Gallery":
+        return cls(
+            embeddings=embeddings,
+            place_ids=torch.tensor([r.place_id for r in records], dtype=torch.long),
+            keys=[r.key for r in records],
+            descriptions=[r.description for r in records],
+            attributes=[r.attributes for r in records],
+            image_fn=image_fn,
+        )
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def num_positives(self, place_id: int) -> int:
+        return self._positives.get(int(place_id), 0)
+
+    def candidate(self, index: int, score: float) -> Candidate:
+        fn = self.image_fn
+        return Candidate(
+            key=self.keys[index],
+            place_id=int(self.place_ids[index]),
+            description=self.descriptions[index],
+            attributes=self.attributes[index],
+            score=score,
+            image=(lambda: fn(index)) if fn is not None else None,
+            embedding=self.embeddings[index],
+        )
+
+
+def exact_search(emb: Tensor, gallery: Gallery, rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-``k`` candidates and exact positive ranks over the whole gallery.
+
+    ``emb [Q, D]`` normalised queries, ``rows [Q, P]`` their positives (:func:`positive_rows`).
+    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, P]``.
+    """
+    ranks, scores, idx = exact_positive_ranks(emb.float(), gallery.embeddings, rows, k)
+    best = best_rank(ranks, (rows >= 0).sum(dim=1), len(gallery) + 1)
+    return scores, idx, best, ranks
+
+
+def backend_search(
+    emb: Tensor, gallery: Gallery, rows: Tensor, labels: Tensor, depth: int, backend: Backend = "auto"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-``depth`` lists of a search backend and the positive ranks they decide (:func:`list_positive_ranks`).
+
+    ``emb [Q, D]`` normalised queries of places ``labels [Q]`` with positives ``rows [Q, P]``.
+    Returns ``scores [Q, depth]``, ``idx [Q, depth]``, ``best [Q]`` (``depth + 1`` beyond the
+    lists), ``positive ranks [Q, P]``, on the CPU.
+    """
+    scores, idx = topk_search(emb, gallery.embeddings.float(), depth, backend=backend)  # [Q, depth]
+    idx, scores = idx.cpu(), scores.cpu()
+    ranks = list_positive_ranks(emb.float().cpu(), labels, gallery.embeddings, gallery.place_ids, rows, scores, idx)
+    return scores, idx, best_rank(ranks, (rows >= 0).sum(dim=1), idx.shape[1] + 1), ranks
+
+
+def gallery_positive_ranks(emb: Tensor, gallery: Gallery, place_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Exact ranks of every image of each query's place over the whole gallery.
+
+    ``emb [Q, D]`` normalised query embeddings. Returns ``positive ranks [Q, P]`` (ascending,
+    0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes.
+    """
+    labels = torch.as_tensor(list(place_ids), dtype=torch.long)
+    rows = positive_rows(labels, gallery.place_ids)  # [Q, P]
+    ranks, _, _ = exact_positive_ranks(emb.float(), gallery.embeddings, rows)
+    return ranks, (rows >= 0).sum(dim=1)

@@ -1,76 +1,25 @@
-"""Text-to-image place retrieval: ranks from a gallery search, the retriever interface of the
-dialogue loop, and loading a trained retriever from its checkpoint."""
+"""Text-to-image place retrieval with a trained retriever: the retriever interface of the dialogue
+loop, the gallery encoder, and loading a retriever from its checkpoint (ranks: ``dlgpr.ranking``)."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from dlgpr.ranking import best_rank, exact_positive_ranks, positive_rows, positive_scores, ranks_from_lists
-from dlgpr.search import Backend, topk_search
+from dlgpr.data.jpeg import shard_image_loader
+from dlgpr.data.reader import iter_records
+from dlgpr.data.schema import PlaceRecord
+from dlgpr.data.shards import read_manifest
+from dlgpr.data.streaming import ImageTransform, RecordCollator, RecordStream
+from dlgpr.ranking import Gallery
+from dlgpr.utils import eval_mode
 
-__all__ = ["rank_of_place", "unique_rows", "TextRetriever", "ModuleTextRetriever", "load_retriever"]
-
-
-def rank_of_place(
-    queries: Tensor,
-    query_labels: Tensor,
-    gallery: Tensor,
-    gallery_labels: Tensor,
-    k: int,
-    backend: Backend = "auto",
-) -> Tensor:
-    """Expected 1-based rank of the best gallery image of each query's place (``dlgpr.ranking``).
-
-    Ties are neither in the target's favour nor against it: tied images count half (the expected
-    position under a random order of ties), so the rank does not depend on how the backend orders
-    equal scores, nor on the order of the gallery rows (which differs between one process and a
-    DDP gather), and a retriever that scores everything alike ranks at chance. The backend's top
-    ``k`` lists decide most queries; the positives' scores come from the embeddings, and a query
-    whose tie group reaches the end of its list is counted over the whole gallery.
-
-    Args:
-        queries: ``[Q, D]`` normalised query embeddings.
-        query_labels: ``[Q]`` place id of each query.
-        gallery: ``[G, D]`` normalised gallery embeddings.
-        gallery_labels: ``[G]`` place id of each gallery image.
-        k: depth of the search; queries whose place is ranked deeper (or absent) get ``k + 1``.
-
-    Returns:
-        ``[Q]`` float64 ranks (whole or half-integers when scores tie).
-    """
-    rows = positive_rows(query_labels, gallery_labels)  # [Q, P]
-    valid = rows >= 0  # [Q, P]
-    if k < 1 or queries.shape[0] == 0 or gallery.shape[0] == 0:
-        return torch.full((queries.shape[0],), float(max(k, 0) + 1), dtype=torch.float64)
-    scores, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
-    scores, idx = scores.float().cpu(), idx.cpu()
-    listed = idx >= 0  # [Q, k]
-    is_pos = (gallery_labels.cpu()[idx.clamp(min=0)] == query_labels.cpu()[:, None]) & listed  # [Q, k]
-    ps = positive_scores(queries.cpu(), gallery.cpu(), rows)  # [Q, P]
-    ranks, undecided = ranks_from_lists(scores, is_pos, listed, ps, valid, gallery.shape[0])
-    if undecided.any():
-        todo = undecided.nonzero().flatten()
-        exact, _, _ = exact_positive_ranks(queries.cpu()[todo], gallery.cpu(), rows[todo])
-        ranks[todo] = exact
-    best = best_rank(ranks, valid.sum(dim=1), k + 1)  # [Q]
-    return best.clamp(max=float(k + 1))
-
-
-def unique_rows(*ids: Tensor) -> Tensor:
-    """Indices of the first occurrence of each distinct id tuple (DDP padding can repeat samples).
-
-    ids: one or more ``[N]`` integer tensors forming a composite key. Returns sorted ``[U]`` indices.
-    """
-    key = torch.stack([i.long() for i in ids], dim=1)  # [N, C]
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [N]
-    first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long) if key.numel() else torch.zeros(0, dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0]), reduce="amin")  # [U]
-    return first.sort().values
+__all__ = ["TextRetriever", "ModuleTextRetriever", "encode_gallery", "load_retriever"]
 
 
 # ---- retrievers as the dialogue loop sees them ----------------------------------------------------
@@ -99,12 +48,43 @@ class ModuleTextRetriever:
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> Tensor:
-        was_training = self.module.training
-        self.module.eval()
         device = next(self.module.parameters()).device
-        out = [self.module.encode_texts(self.tokenizer(texts[i : i + self.batch_size]).to(device)).float() for i in range(0, len(texts), self.batch_size)]
-        self.module.train(was_training)
+        with eval_mode(self.module):
+            out = [self.module.encode_texts(self.tokenizer(texts[i : i + self.batch_size]).to(device)).float() for i in range(0, len(texts), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, getattr(self.module, "embed_dim", 0))  # [N, D]
+
+
+@torch.inference_mode()
+def encode_gallery(
+    module: Any, data_dir: str | Path, split: str | Sequence[str], batch_size: int = 256, with_images: bool = False, num_workers: int = 0
+) -> Gallery:
+    """Every image of ``split`` (one split or several) in ``data_dir``, embedded with ``module.encode_images``.
+
+    Reads the shards on this process alone (whatever the DDP rank: a reward that re-ranks needs
+    the whole gallery on every rank), ``batch_size`` images per encoder call; in manifest order
+    with ``num_workers=0``, else in the order the loader's workers deliver their batches. Bad
+    samples are skipped and reported. ``with_images`` keeps the JPEG bytes for vision-language
+    questioners.
+    """
+    data_dir = Path(data_dir)
+    splits = [split] if isinstance(split, str) else list(split)
+    shards = [s for name in splits for s in read_manifest(data_dir).split_shards(name)]
+    if not shards:
+        raise ValueError(f"{data_dir}: the manifest lists no shard of split {split!r}")
+    stream = RecordStream(data_dir, shards, ImageTransform(module.preprocessing()), name=f"{data_dir} {split} gallery")
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=RecordCollator(None))
+    by_key = {r.key: r for s in shards for r in iter_records(data_dir / s.path)}
+    device = next(module.parameters()).device
+    embs: list[Tensor] = []
+    records: list[PlaceRecord] = []
+    with eval_mode(module):
+        for batch in loader:
+            embs.append(module.encode_images(batch["image"].to(device)).float().cpu())
+            records += [by_key[k] for k in batch["key"]]
+    if not records:
+        raise ValueError(f"{data_dir}: split {split!r} has no readable image")
+    image_fn = shard_image_loader(data_dir, [s.path for s in shards], [r.key for r in records]) if with_images else None
+    return Gallery.from_records(records, torch.cat(embs), image_fn=image_fn)
 
 
 CLASS_PATH_KEY = "dlgpr_class_path"

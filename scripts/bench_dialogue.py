@@ -21,11 +21,11 @@ import torch
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.synth import SynthCitiesConfig, ensure_synthcities
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.evaluation import build_queries, encode_gallery
-from dlgpr.dialogue.loop import Gallery, run_dialogue
+from dlgpr.dialogue.evaluation import build_queries
+from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
 from dlgpr.modules.clip_baseline import CLIPBaselineModule
-from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
 
 def main() -> None:
@@ -42,19 +42,12 @@ def main() -> None:
 
     ensure_synthcities(args.data_dir, SynthCitiesConfig())
     module = load_retriever(args.ckpt) if args.ckpt else CLIPBaselineModule().eval()
-    dm = DQCitiesDataModule(data_dir=args.data_dir, synthetic=None, num_workers=2)
+    dm = DQCitiesDataModule(data_dir=args.data_dir, synthetic=None)
     dm.set_preprocessing(module.preprocessing())
     dm.setup("test")
-    parts = []
     start = time.perf_counter()
-    for split in ("train", "val", "test"):
-        records = {(r.place_id, r.view): r for r in dm.records(split)}
-        parts.append(encode_gallery(module, dm.eval_dataloader(split), records))
+    gallery = encode_gallery(module, args.data_dir, ("train", "val", "test"), num_workers=2)
     encode_gallery_s = time.perf_counter() - start
-    gallery = Gallery(
-        torch.cat([g.embeddings for g in parts]), torch.cat([g.place_ids for g in parts]),
-        sum((g.keys for g in parts), []), sum((g.descriptions for g in parts), []), sum((g.attributes for g in parts), []),
-    )
     all_records = [r for split in ("train", "val", "test") for r in dm.records(split)]
     queries = build_queries(all_records, args.queries, seed=0)
     retriever = ModuleTextRetriever(module)

@@ -63,7 +63,7 @@ from dlgpr.data.turns import DialogueTurnRecord  # noqa: E402
 from dlgpr.dialogue.prompts import flatten_text, questioner_messages  # noqa: E402
 from dlgpr.dialogue.types import Target  # noqa: E402
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig  # noqa: E402
-from dlgpr.rewards import WeightedReward, format_reward  # noqa: E402
+from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -133,8 +133,8 @@ class LengthReward:
 
 
 def format_text_reward(prompts: Sequence[Any], completions: Sequence[Any], **batch: Any) -> list[float]:
-    """:func:`dlgpr.rewards.format_reward` on the completion text (either caller's shape)."""
-    return format_reward(prompts, [_text(c) for c in completions])
+    """:class:`dlgpr.rewards.FormatReward` on the completion text (either caller's shape)."""
+    return FormatReward()(prompts, [_text(c) for c in completions])
 
 
 def reward_functions() -> tuple[LengthReward, Any]:

@@ -22,6 +22,7 @@ from datamodules.dialogue import DialogueDataModule, SFTCollator
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf
 from dlgpr.dialogue.prompts import questioner_messages
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, ScratchLMConfig, apply_lora, load_policy
+from dlgpr.utils import eval_mode
 
 
 def measure(name: str, policy: PolicyConfig, lora: LoRAConfig | None, examples: list, args: argparse.Namespace) -> dict:
@@ -52,11 +53,9 @@ def measure(name: str, policy: PolicyConfig, lora: LoRAConfig | None, examples: 
     gens = []
     for i in range(args.repeats + 1):
         t = time.perf_counter()
-        with torch.no_grad():
-            model.eval()
+        with torch.no_grad(), eval_mode(model):
             model.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                            pad_token_id=q.tokenizer.pad_token_id)
-            model.train()
         if i:
             gens.append(time.perf_counter() - t)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -21,12 +21,11 @@ import torch
 from jsonargparse import auto_cli
 
 from datamodules.dqcities import DQCitiesDataModule
-from dlgpr.data.jpeg import shard_image_loader
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
-from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery, recall_figure, table_markdown
-from dlgpr.dialogue.loop import Gallery, run_dialogue
+from dlgpr.dialogue.evaluation import bind_retriever, build_queries, recall_figure, table_markdown
+from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
-from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
 
 @dataclass
@@ -74,16 +73,13 @@ def evaluate(
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = load_retriever(ckpt, map_location=device)
-    dm = DQCitiesDataModule(data_dir=data_dir, synthetic=None, eval_batch_size=eval_batch_size, num_workers=num_workers)
+    dm = DQCitiesDataModule(data_dir=data_dir, synthetic=None)
     dm.set_preprocessing(module.preprocessing())
     dm.setup("test")
     records = dm.records(split)
     start = time.perf_counter()
-    gallery = encode_gallery(module, dm.eval_dataloader(split), {(r.place_id, r.view): r for r in records})
+    gallery = encode_gallery(module, data_dir, split, batch_size=eval_batch_size, with_images=with_images, num_workers=num_workers)
     encode_s = time.perf_counter() - start
-    if with_images:
-        gallery = Gallery(gallery.embeddings, gallery.place_ids, gallery.keys, gallery.descriptions, gallery.attributes,
-                          image_fn=shard_image_loader(Path(data_dir), [s.path for s in dm.shards(split)], gallery.keys))
     queries = build_queries(records, num_queries, seed)
     retriever = ModuleTextRetriever(module)
     results = {}

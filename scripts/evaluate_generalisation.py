@@ -26,20 +26,20 @@ from jsonargparse import ArgumentParser
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.synth import SynthCitiesConfig, ensure_synthcities
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.evaluation import bind_retriever, build_queries, encode_gallery
+from dlgpr.dialogue.evaluation import bind_retriever, build_queries
 from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
 from dlgpr.metrics import recall_at_k
-from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
+from dlgpr.ranking import rank_of_place
+from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
 
 def evaluate_world(module, data_dir: Path, split: str, rounds: int, top_k: int, num_queries: int | None) -> dict:
-    dm = DQCitiesDataModule(data_dir=str(data_dir), synthetic=None, eval_batch_size=256, num_workers=0)
+    dm = DQCitiesDataModule(data_dir=str(data_dir), synthetic=None)
     dm.set_preprocessing(module.preprocessing())
     dm.setup("test")
     records = dm.records(split)
-    by_id = {(r.place_id, r.view): r for r in records}
-    gallery = encode_gallery(module, dm.eval_dataloader(split), by_id)
+    gallery = encode_gallery(module, data_dir, split)
     retriever = ModuleTextRetriever(module)
     text = retriever.embed_texts(list(gallery.descriptions))  # [N, D] each image's own description
     labels = gallery.place_ids  # [N] one description per gallery image, same order

@@ -21,8 +21,8 @@ from datamodules.dialogue import DialogueDataModule
 from dlgpr.data.synth.dialogue import SLOT_QUESTIONS
 from dlgpr.dialogue.hf import DQPilotQuestioner
 from dlgpr.dialogue.prompts import questioner_messages
-from dlgpr.dialogue.rewards import RetrievalGainReward
 from dlgpr.dialogue.types import format_question, parse_question
+from dlgpr.rewards import RetrievalGainReward
 
 
 def main() -> None:

@@ -38,9 +38,9 @@ import torch
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.streaming import _SENTENCE_END
 from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
-from dlgpr.dialogue.evaluation import encode_gallery, encode_split_gallery
 from dlgpr.metrics import recall_at_k
-from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
+from dlgpr.ranking import rank_of_place
+from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
 def _sentences(description: str, k: int, rng: random.Random) -> list[str]:
     parts = [s for s in _SENTENCE_END.split(description.strip()) if s]
@@ -91,7 +91,7 @@ def slot_rows(module, retriever: ModuleTextRetriever, places: list, gallery, dat
         return rank_of_place(retriever.embed_texts(texts), torch.tensor(ids), gallery.embeddings, gallery.place_ids, k=10, backend="torch").double()
 
     base = ranks([p.initial_caption for p in places], [p.place_id for p in places])
-    train = encode_split_gallery(module, data_dir, "train")
+    train = encode_gallery(module, data_dir, "train")
     rows = {}
     for slot in SLOT_QUESTIONS:
         idx = [i for i, p in enumerate(places) if slot in p.attributes]
@@ -124,13 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     module = load_retriever(args.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu").eval()
-    dm = DQCitiesDataModule(data_dir=args.data_dir, synthetic=None, eval_batch_size=256, num_workers=0)
+    dm = DQCitiesDataModule(data_dir=args.data_dir, synthetic=None)
     dm.set_preprocessing(module.preprocessing())
     dm.setup("validate" if args.split == "val" else "test")
     records = dm.records(args.split)
     if not any(r.attributes for r in records):
         raise ValueError(f"{args.data_dir} ({args.split}): no attribute ground truth; answers need a SynthCities split")
-    gallery = encode_gallery(module, dm.eval_dataloader(args.split), {(r.place_id, r.view): r for r in records})
+    gallery = encode_gallery(module, args.data_dir, args.split)
     first: dict[int, object] = {}
     for r in sorted(records, key=lambda r: (r.place_id, r.view)):
         first.setdefault(r.place_id, r)

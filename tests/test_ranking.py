@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, gallery_positive_ranks, run_dialogue
+from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
 from dlgpr.dialogue.questioners import RandomQuestioner
-from dlgpr.dialogue.rewards import RetrievalGainReward
 from dlgpr.dialogue.types import Target, format_question
 from dlgpr.metrics import recall_at_k
-from dlgpr.ranking import exact_positive_ranks, expected_ranks, positive_rows, positive_scores, ranks_from_lists
-from dlgpr.retrieval import rank_of_place
+from dlgpr.ranking import (
+    Gallery, exact_positive_ranks, expected_ranks, gallery_positive_ranks, positive_rows, positive_scores, rank_of_place, ranks_from_lists,
+)
+from dlgpr.rewards import RetrievalGainReward
 from dlgpr.search import topk_search
 
 

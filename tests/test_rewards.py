@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
-from dlgpr.dialogue.loop import Gallery
-from dlgpr.dialogue.rewards import RetrievalGainReward
 from dlgpr.dialogue.types import Answer, Target, parse_question
-from dlgpr.rewards import FAILURE_KINDS, FormatReward, RewardProfile, WeightedReward, check_failure_order, combine_rewards, format_reward
+from dlgpr.ranking import Gallery
+from dlgpr.rewards import (
+    FAILURE_KINDS, FormatReward, RetrievalGainReward, RewardProfile, WeightedReward, check_failure_order, combine_rewards,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPO_CONFIGS = sorted(ROOT.glob("configs/dqpilot_grpo*.yaml"))
@@ -31,7 +32,7 @@ def test_format_reward_on_good_and_bad_strings():
         "<think>x</think><question> \n </question>",  # blank question
         "",
     ]
-    assert format_reward([None] * 11, good + bad) == [1.0] * 3 + [0.0] * 8
+    assert FormatReward()([None] * 11, good + bad) == [1.0] * 3 + [0.0] * 8
     # one definition: the reward accepts exactly the replies the question parser can ask
     assert [parse_question(c).ok for c in good + bad] == [True] * 3 + [False] * 8
 
@@ -40,7 +41,7 @@ def test_combine_rewards_weights_and_guards():
     def length(prompts, completions, **kw):
         return [float(len(c)) for c in completions]
 
-    total, parts = combine_rewards([WeightedReward("fmt", format_reward, 0.5), WeightedReward("len", length, 0.1)],
+    total, parts = combine_rewards([WeightedReward("fmt", FormatReward(), 0.5), WeightedReward("len", length, 0.1)],
                                    ["p", "p"], ["<think>a</think><question>b?</question>", "xy"])
     assert parts == {"fmt": [1.0, 0.0], "len": [39.0, 2.0]}
     assert total == pytest.approx([0.5 + 3.9, 0.2])
@@ -92,7 +93,7 @@ def configured_rewards(config: Path, monkeypatch, prg_values):
     PRG of every well-formed question is taken from ``prg_values`` in order."""
     spec = yaml.safe_load(config.read_text())["model"]["init_args"]["rewards"]
     values = iter(prg_values)
-    import dlgpr.dialogue.rewards as module
+    import dlgpr.rewards.retrieval_gain as module
 
     monkeypatch.setattr(module, "prg", lambda before, after, n, clamp: torch.tensor([next(values) for _ in range(len(n))]))
     gallery = Gallery(torch.eye(4), torch.tensor([0, 1, 2, 3]), list("abcd"), list("abcd"), [{}] * 4)

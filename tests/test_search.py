@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlgpr.retrieval import rank_of_place, unique_rows
+from dlgpr.ranking import rank_of_place, unique_rows
 from dlgpr.search import topk_search
 
 
@@ -61,12 +61,12 @@ def test_rank_of_place_ties_count_half_whatever_the_gallery_order(backend):
 
 def test_rank_of_place_ignores_empty_slots(monkeypatch):
     # a backend may pad a short list with -1: the slot is neither a hit nor an image above the target
-    import dlgpr.retrieval as retrieval
+    import dlgpr.ranking as ranking
 
     gallery = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # scores 1.0, 0.8, 0.0 against [1, 0]
-    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.8]]), torch.tensor([[-1, 1]])))
+    monkeypatch.setattr(ranking, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.8]]), torch.tensor([[-1, 1]])))
     assert rank_of_place(torch.tensor([[1.0, 0.0]]), torch.tensor([4]), gallery, torch.tensor([4, 8, 9]), k=2).tolist() == [1]
-    monkeypatch.setattr(retrieval, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.0]]), torch.tensor([[-1, 2]])))
+    monkeypatch.setattr(ranking, "topk_search", lambda q, g, k, backend: (torch.tensor([[2.0, 0.0]]), torch.tensor([[-1, 2]])))
     assert rank_of_place(torch.tensor([[0.0, 1.0]]), torch.tensor([4]), gallery, torch.tensor([4, 8, 9]), k=2).tolist() == [3]
 
 

@@ -1,26 +1,20 @@
 """Pieces shared by the dialogue callback and ``scripts/evaluate_dialogue.py``.
 
 ``build_queries`` picks the searches (one per place: its vague initial caption, the target's
-description of view 0 and its attributes); ``encode_gallery`` embeds a split's images with a
-retriever module; ``table_markdown`` writes the paper's Table 1 shape; ``recall_figure`` plots
-cumulative recall against the round.
+description of view 0 and its attributes); ``table_markdown`` writes the paper's Table 1 shape;
+``recall_figure`` plots cumulative recall against the round. The gallery is encoded by
+``dlgpr.retrieval.encode_gallery``.
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-
-from dlgpr.data.jpeg import shard_image_loader
-from dlgpr.data.reader import BadSampleLog, iter_shard
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.data.shards import read_manifest
-from dlgpr.data.streaming import ImageTransform
-from dlgpr.dialogue.loop import DialogueQuery, DialogueResult, Gallery
-from dlgpr.dialogue.types import Target
+from dlgpr.dialogue.loop import DialogueQuery, DialogueResult
+from dlgpr.dialogue.types import RetrieverUser, Target
+from dlgpr.retrieval import TextRetriever
 
 
 def build_queries(records: Iterable[PlaceRecord], num_queries: int | None = None, seed: int = 0) -> list[DialogueQuery]:
@@ -38,63 +32,10 @@ def build_queries(records: Iterable[PlaceRecord], num_queries: int | None = None
     ]
 
 
-def bind_retriever(questioner: Any, retriever: Any) -> None:
+def bind_retriever(questioner: Any, retriever: TextRetriever) -> None:
     """Give the retriever to questioners that use it (PlugIR scores hypothetical answers with it)."""
-    if hasattr(questioner, "bind_retriever"):
+    if isinstance(questioner, RetrieverUser):
         questioner.bind_retriever(retriever)
-
-
-@torch.inference_mode()
-def encode_gallery(module: Any, loader: Iterable[dict], records_by_id: dict[tuple[int, int], PlaceRecord]) -> Gallery:
-    """Embed every image of ``loader`` with ``module.encode_images`` and join them with their records."""
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    embs, recs = [], []
-    for batch in loader:
-        embs.append(module.encode_images(batch["image"].to(device)).float().cpu())
-        recs += [records_by_id[(int(p), int(v))] for p, v in zip(batch["place_id"], batch["view"])]
-    module.train(was_training)
-    return Gallery.from_records(recs, torch.cat(embs))
-
-
-@torch.inference_mode()
-def encode_split_gallery(module: Any, data_dir: str | Path, split: str | Sequence[str], batch_size: int = 256, with_images: bool = False) -> Gallery:
-    """Every image of ``split`` (one split or several) in ``data_dir``, embedded with ``module.encode_images``.
-
-    Reads the shards directly, in manifest order, on this process alone (whatever the DDP rank:
-    a reward that re-ranks needs the whole gallery on every rank). Bad samples are skipped and
-    reported once. ``with_images`` keeps the JPEG bytes for vision-language questioners.
-    """
-    data_dir = Path(data_dir)
-    splits = [split] if isinstance(split, str) else list(split)
-    manifest = read_manifest(data_dir)
-    shards = [s for name in splits for s in manifest.split_shards(name)]
-    if not shards:
-        raise ValueError(f"{data_dir}: the manifest lists no shard of split {split!r}")
-    transform = ImageTransform(module.preprocessing())
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    bad = BadSampleLog()
-    embs: list[torch.Tensor] = []
-    records: list[PlaceRecord] = []
-    pending: list[torch.Tensor] = []
-    for shard in shards:
-        for sample in iter_shard(data_dir / shard.path, bad, shard.samples):
-            records.append(sample.record)
-            pending.append(transform(sample.image))
-            if len(pending) == batch_size:
-                embs.append(module.encode_images(torch.stack(pending).to(device)).float().cpu())
-                pending = []
-    if pending:
-        embs.append(module.encode_images(torch.stack(pending).to(device)).float().cpu())
-    module.train(was_training)
-    bad.report(f"{data_dir} {split} gallery")
-    if not records:
-        raise ValueError(f"{data_dir}: split {split!r} has no readable image")
-    image_fn = shard_image_loader(data_dir, [s.path for s in shards], [r.key for r in records]) if with_images else None
-    return Gallery.from_records(records, torch.cat(embs), image_fn=image_fn)
 
 
 def table_markdown(results: dict[str, DialogueResult], report_rounds: Sequence[int] = (3, 5), ks: Sequence[int] = (1, 5)) -> str:

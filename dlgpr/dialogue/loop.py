@@ -13,19 +13,21 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch import Tensor
 
-from dlgpr.data.schema import PlaceRecord
-from dlgpr.dialogue.types import Answerer, AnswerRequest, Candidate, Questioner, QuestionRequest, Target, Turn
+from dlgpr.dialogue.types import (
+    Answerer, AnswerRequest, Candidate, QueryComposer, Question, Questioner, QuestionRequest, Target, Turn, TurnFailure,
+    compose_query,
+)
 from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
-from dlgpr.ranking import best_rank, exact_positive_ranks, positive_rows, positive_scores, ranks_from_lists
+from dlgpr.ranking import Gallery, backend_search, exact_search, positive_rows
 from dlgpr.retrieval import TextRetriever
-from dlgpr.search import Backend, topk_search
+from dlgpr.search import Backend
 
 
 @dataclass(frozen=True)
@@ -35,59 +37,6 @@ class DialogueQuery:
     query_id: int
     initial_description: str
     target: Target
-
-
-@dataclass
-class Gallery:
-    """The searched images, encoded once: ``embeddings [G, D]`` (normalised), ``place_ids [G]``."""
-
-    embeddings: Tensor
-    place_ids: Tensor
-    keys: list[str]
-    descriptions: list[str]
-    attributes: list[dict[str, Any]]
-    image_fn: Callable[[int], Image.Image] | None = None
-
-    def __post_init__(self) -> None:
-        n = self.embeddings.shape[0]
-        if not (len(self.place_ids) == len(self.keys) == len(self.descriptions) == len(self.attributes) == n):
-            raise ValueError("gallery fields must all have one entry per image")
-        ids, counts = torch.unique(self.place_ids, return_counts=True)
-        self._positives = dict(zip(ids.tolist(), counts.tolist()))
-
-    @classmethod
-    def from_records(cls, records: Sequence[PlaceRecord], embeddings: Tensor, image_fn: Callable[[int], Image.Image] | None = None) -> "Gallery":
-        return cls(
-            embeddings=embeddings,
-            place_ids=torch.tensor([r.place_id for r in records], dtype=torch.long),
-            keys=[r.key for r in records],
-            descriptions=[r.description for r in records],
-            attributes=[r.attributes for r in records],
-            image_fn=image_fn,
-        )
-
-    def __len__(self) -> int:
-        return int(self.embeddings.shape[0])
-
-    def num_positives(self, place_id: int) -> int:
-        return self._positives.get(int(place_id), 0)
-
-    def candidate(self, index: int, score: float) -> Candidate:
-        fn = self.image_fn
-        return Candidate(
-            key=self.keys[index],
-            place_id=int(self.place_ids[index]),
-            description=self.descriptions[index],
-            attributes=self.attributes[index],
-            score=score,
-            image=(lambda: fn(index)) if fn is not None else None,
-            embedding=self.embeddings[index],
-        )
-
-
-def compose_query(initial_description: str, history: Sequence[Turn]) -> str:
-    """``d_t = concat(d_0, a_1, ..., a_t)``: answers only, failed turns skipped."""
-    return " ".join([initial_description.strip(), *(t.answer.strip() for t in history if not t.failed)])
 
 
 @dataclass
@@ -161,50 +110,6 @@ class DialogueResult:
         return json.dumps({"summary": self.summary(), "timings": self.timings, "queries": self.records()}, indent=1)
 
 
-
-
-def _positive_ranks(idx: Tensor, scores: Tensor, labels: Tensor, emb: Tensor, gallery: Gallery, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Best rank ``[Q]`` and the ranks of all positives ``[Q, P]`` from a backend's top lists ``[Q, depth]``.
-
-    The rank rule of ``dlgpr.ranking`` (expected rank under a random order of ties): the lists
-    decide the positives they cover, the positives' scores come from the embeddings, and a query
-    whose tie group reaches the end of its list is counted over the whole gallery. Positives
-    deeper than the list get ``depth + 1``; entries past a query's |P| are 0 (padding).
-    """
-    depth = idx.shape[1]
-    listed = idx >= 0  # [Q, depth]
-    is_pos = (gallery.place_ids[idx.clamp(min=0)] == labels[:, None]) & listed  # [Q, depth]
-    valid = rows >= 0  # [Q, P]
-    ps = positive_scores(emb, gallery.embeddings, rows)  # [Q, P]
-    ranks, undecided = ranks_from_lists(scores.float(), is_pos, listed, ps, valid, len(gallery))
-    if undecided.any():
-        todo = undecided.nonzero().flatten()
-        ranks[todo] = exact_positive_ranks(emb[todo], gallery.embeddings, rows[todo])[0]
-    return best_rank(ranks, valid.sum(dim=1), depth + 1), ranks
-
-
-def _exact_search(emb: Tensor, gallery: Gallery, rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-``k`` candidates and exact positive ranks over the whole gallery (``dlgpr.ranking``).
-
-    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, P]``.
-    """
-    ranks, scores, idx = exact_positive_ranks(emb.float(), gallery.embeddings, rows, k)
-    best = best_rank(ranks, (rows >= 0).sum(dim=1), len(gallery) + 1)
-    return scores, idx, best, ranks
-
-
-def gallery_positive_ranks(emb: Tensor, gallery: Gallery, place_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Exact ranks of every image of each query's place over the whole gallery (``dlgpr.ranking``).
-
-    ``emb [Q, D]`` normalised query embeddings. Returns ``positive ranks [Q, P]`` (ascending,
-    0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes.
-    """
-    labels = torch.as_tensor(list(place_ids), dtype=torch.long)
-    rows = positive_rows(labels, gallery.place_ids)  # [Q, P]
-    ranks, _, _ = exact_positive_ranks(emb.float(), gallery.embeddings, rows)
-    return ranks, (rows >= 0).sum(dim=1)
-
-
 def run_dialogue(
     retriever: TextRetriever,
     questioner: Questioner,
@@ -234,20 +139,13 @@ def run_dialogue(
             instead of the retrieved top-``top_k`` (the compact candidate set of the DQ-Pilot
             corpus: target, positive view, hard negatives). Their scores are the round's.
 
-    The query of round t is ``questioner.compose_query(d_0, history)`` when the questioner
-    defines it (PlugIR rewrites the dialogue), else ``compose_query``: d_0 and the answers.
+    Each round: compose the queries, encode them, search and rank (:func:`_search`), then ask
+    (:func:`_question_requests`, failures recorded by :func:`_record_questions`) and answer
+    (:func:`_answer`). The query of round t is ``questioner.compose_query(d_0, history)``
+    when the questioner is a :class:`~dlgpr.dialogue.types.QueryComposer` (PlugIR rewrites the
+    dialogue), else :func:`~dlgpr.dialogue.types.compose_query`: d_0 and the answers.
     """
-    if rounds < 0 or top_k < 1:
-        raise ValueError("rounds must be >= 0 and top_k >= 1")
-    if len(gallery) == 0 or not queries:
-        raise ValueError("run_dialogue needs a non-empty gallery and at least one query")
-    if candidate_sets is not None:
-        if len(candidate_sets) != len(queries):
-            raise ValueError(f"candidate_sets has {len(candidate_sets)} entries for {len(queries)} queries")
-        if any(not 0 <= int(j) < len(gallery) for c in candidate_sets for j in c):
-            raise ValueError("candidate_sets holds a row outside the gallery")
-    depth = len(gallery) if rank_depth is None else min(int(rank_depth), len(gallery))
-    depth = max(depth, min(top_k, len(gallery)))
+    depth = _check_inputs(queries, gallery, rounds, top_k, rank_depth, candidate_sets)
     labels = torch.tensor([q.target.place_id for q in queries], dtype=torch.long)
     rows = positive_rows(labels, gallery.place_ids)  # [Q, P] gallery rows of each target place
     if not bool((rows >= 0).any()):
@@ -255,24 +153,16 @@ def run_dialogue(
     stats: Counter = Counter()
     stats["targets_missing_from_gallery"] = sum(1 for p in labels.tolist() if gallery.num_positives(p) == 0)
     timings = {"encode": 0.0, "search": 0.0, "question": 0.0, "answer": 0.0}
-    compose = getattr(questioner, "compose_query", compose_query)
+    compose = questioner.compose_query if isinstance(questioner, QueryComposer) else compose_query
     histories: list[list[Turn]] = [[] for _ in queries]
     ranks, pos_ranks, top_keys = [], [], [[] for _ in queries]
-    gallery_emb = gallery.embeddings.float()
 
     for t in range(rounds + 1):
         texts = [compose(q.initial_description, h) for q, h in zip(queries, histories)]
-        start = time.perf_counter()
-        emb = retriever.embed_texts(texts)  # [Q, D]
-        timings["encode"] += time.perf_counter() - start
-        start = time.perf_counter()
-        if rank_depth is None:  # exact: candidates by top-k, ranks by counting (no full sort)
-            scores, idx, best, all_pos = _exact_search(emb.float(), gallery, rows, min(top_k, len(gallery)))
-        else:
-            scores, idx = topk_search(emb, gallery_emb, depth, backend=backend)  # [Q, depth]
-            idx, scores = idx.cpu(), scores.cpu()
-            best, all_pos = _positive_ranks(idx, scores, labels, emb.float().cpu(), gallery, rows)
-        timings["search"] += time.perf_counter() - start
+        with _timer(timings, "encode"):
+            emb = retriever.embed_texts(texts)  # [Q, D]
+        with _timer(timings, "search"):
+            scores, idx, best, all_pos = _search(emb, gallery, rows, labels, top_k, rank_depth, depth, backend)
         ranks.append(best)
         pos_ranks.append(all_pos)
         shown = min(top_k, idx.shape[1])
@@ -283,51 +173,11 @@ def run_dialogue(
         if t == rounds:
             break
 
-        def _shown(i: int) -> tuple:
-            if candidate_sets is None:
-                return tuple(gallery.candidate(int(j), float(s)) for j, s in zip(idx[i, :shown], scores[i, :shown]))
-            rows = torch.as_tensor(list(candidate_sets[i]), dtype=torch.long)
-            row_scores = (gallery_emb[rows] @ emb[i].float()).tolist()  # [C]
-            return tuple(gallery.candidate(int(j), s) for j, s in zip(rows.tolist(), row_scores))
-
-        requests = [
-            QuestionRequest(
-                query_id=q.query_id,
-                round=t + 1,
-                initial_description=q.initial_description,
-                history=tuple(h),
-                candidates=_shown(i),
-            )
-            for i, (q, h) in enumerate(zip(queries, histories))
-        ]
-        start = time.perf_counter()
-        questions = _checked(questioner.ask(requests), len(requests), "questioner")
-        timings["question"] += time.perf_counter() - start
-
-        asking = [i for i, qu in enumerate(questions) if qu.ok and qu.text.strip()]
-        asking_set = set(asking)
-        for i, qu in enumerate(questions):
-            if i not in asking_set:
-                kind = qu.error or "question_format"
-                stats[f"failed_question:{kind}"] += 1
-                histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure="question_format" if "format" in kind else "question_error"))
-        answer_requests = [
-            AnswerRequest(query_id=queries[i].query_id, round=t + 1, question=questions[i].text, target=queries[i].target, history=tuple(histories[i]))
-            for i in asking
-        ]
-        start = time.perf_counter()
-        answers = _checked(answerer.answer(answer_requests), len(answer_requests), "answerer") if answer_requests else []
-        timings["answer"] += time.perf_counter() - start
-        for i, ans in zip(asking, answers):
-            qu = questions[i]
-            if not ans.ok:
-                stats[f"failed_answer:{ans.error or 'error'}"] += 1
-                histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure="answer_error"))
-            elif not ans.text.strip():
-                stats["empty_answers"] += 1
-                histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure="empty_answer"))
-            else:
-                histories[i].append(Turn(question=qu.text, answer=" ".join(ans.text.split()), think=qu.think))
+        requests = _question_requests(queries, histories, t + 1, gallery, emb, scores[:, :shown], idx[:, :shown], candidate_sets)
+        with _timer(timings, "question"):
+            questions = _checked(questioner.ask(requests), len(requests), "questioner")
+        asking = _record_questions(questions, histories, stats)
+        _answer(answerer, queries, questions, asking, histories, t + 1, stats, timings)
 
     return DialogueResult(
         queries=list(queries),
@@ -341,10 +191,105 @@ def run_dialogue(
     )
 
 
+def _check_inputs(
+    queries: Sequence[DialogueQuery], gallery: Gallery, rounds: int, top_k: int, rank_depth: int | None,
+    candidate_sets: Sequence[Sequence[int]] | None,
+) -> int:
+    """Refuse arguments the loop cannot run with; return the search depth (at least the candidates shown)."""
+    if rounds < 0 or top_k < 1:
+        raise ValueError("rounds must be >= 0 and top_k >= 1")
+    if len(gallery) == 0 or not queries:
+        raise ValueError("run_dialogue needs a non-empty gallery and at least one query")
+    if candidate_sets is not None:
+        if len(candidate_sets) != len(queries):
+            raise ValueError(f"candidate_sets has {len(candidate_sets)} entries for {len(queries)} queries")
+        if any(not 0 <= int(j) < len(gallery) for c in candidate_sets for j in c):
+            raise ValueError("candidate_sets holds a row outside the gallery")
+    depth = len(gallery) if rank_depth is None else min(int(rank_depth), len(gallery))
+    return max(depth, min(top_k, len(gallery)))
+
+
+def _search(
+    emb: Tensor, gallery: Gallery, rows: Tensor, labels: Tensor, top_k: int, rank_depth: int | None, depth: int, backend: Backend
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``scores, idx`` of the listed candidates, ``best [Q]`` and ``positive ranks [Q, P]`` of one round.
+
+    Exact without a ``rank_depth`` (candidates by top-k, ranks by counting, no full sort); else
+    the backend's top-``depth`` lists.
+    """
+    if rank_depth is None:
+        return exact_search(emb.float(), gallery, rows, min(top_k, len(gallery)))
+    return backend_search(emb, gallery, rows, labels, depth, backend)
+
+
+def _question_requests(
+    queries: Sequence[DialogueQuery], histories: list[list[Turn]], round: int, gallery: Gallery, emb: Tensor, scores: Tensor,
+    idx: Tensor, candidate_sets: Sequence[Sequence[int]] | None,
+) -> list[QuestionRequest]:
+    """What the questioner sees for each query: the shown candidates ``idx [Q, shown]`` with their
+    ``scores``, or the query's fixed candidate set scored against this round's query ``emb``."""
+    gallery_emb = gallery.embeddings.float()
+
+    def shown(i: int) -> tuple[Candidate, ...]:
+        if candidate_sets is None:
+            return tuple(gallery.candidate(int(j), float(s)) for j, s in zip(idx[i], scores[i]))
+        rows = torch.as_tensor(list(candidate_sets[i]), dtype=torch.long)
+        row_scores = (gallery_emb[rows] @ emb[i].float()).tolist()  # [C]
+        return tuple(gallery.candidate(int(j), s) for j, s in zip(rows.tolist(), row_scores))
+
+    return [
+        QuestionRequest(query_id=q.query_id, round=round, initial_description=q.initial_description, history=tuple(h), candidates=shown(i))
+        for i, (q, h) in enumerate(zip(queries, histories))
+    ]
+
+
+def _record_questions(questions: Sequence[Question], histories: list[list[Turn]], stats: Counter) -> list[int]:
+    """Record a failed turn for every question that cannot be asked; return the indices of those that can."""
+    asking = []
+    for i, qu in enumerate(questions):
+        if qu.ok and qu.text.strip():
+            asking.append(i)
+            continue
+        stats[f"failed_question:{qu.error or TurnFailure.QUESTION_FORMAT.value}"] += 1
+        histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure=TurnFailure.of_question(qu).value))
+    return asking
+
+
+def _answer(
+    answerer: Answerer, queries: Sequence[DialogueQuery], questions: Sequence[Question], asking: Sequence[int], histories: list[list[Turn]],
+    round: int, stats: Counter, timings: dict[str, float],
+) -> None:
+    """Let the user answer the questions that can be asked (``asking``) and append each one's turn:
+    answered, or failed (no answer, an empty one)."""
+    requests = [
+        AnswerRequest(query_id=queries[i].query_id, round=round, question=questions[i].text, target=queries[i].target, history=tuple(histories[i]))
+        for i in asking
+    ]
+    with _timer(timings, "answer"):
+        answers = _checked(answerer.answer(requests), len(requests), "answerer") if requests else []
+    for i, ans in zip(asking, answers):
+        qu = questions[i]
+        if not ans.ok:
+            stats[f"failed_answer:{ans.error or 'error'}"] += 1
+            histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure=TurnFailure.ANSWER_ERROR.value))
+        elif not ans.text.strip():
+            stats["empty_answers"] += 1
+            histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure=TurnFailure.EMPTY_ANSWER.value))
+        else:
+            histories[i].append(Turn(question=qu.text, answer=" ".join(ans.text.split()), think=qu.think))
+
+
+@contextmanager
+def _timer(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] += time.perf_counter() - start
+
+
 def _checked(items: list, n: int, who: str) -> list:
     if len(items) != n:
         raise RuntimeError(f"{who} returned {len(items)} results for {n} requests")
     return items
 
 
-__all__ = ["DialogueQuery", "DialogueResult", "Gallery", "compose_query", "gallery_positive_ranks", "run_dialogue"]
+__all__ = ["DialogueQuery", "DialogueResult", "run_dialogue"]

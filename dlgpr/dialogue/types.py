@@ -8,18 +8,27 @@ Questioners and answerers work on a whole round at once (``ask(list) -> list``,
 ``answer(list) -> list``): model-backed ones batch their generation, API-backed ones issue the
 requests of a round concurrently (bounded). Neither may raise on a bad reply: they return
 ``ok=False`` with the reason, and the loop records a failed turn and goes on.
+
+What a questioner, a reward or a datamodule may implement beyond that is declared here as a
+protocol (:class:`RetrieverUser`, :class:`RecordsUser`, :class:`QueryComposer`,
+:class:`ReportsStats`, :class:`ProcessorConsumer`); callers test for it with ``isinstance``.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 from torch import Tensor
 
 from dlgpr.dialogue.reply_format import check_reply
+
+if TYPE_CHECKING:
+    from dlgpr.data.schema import PlaceRecord
+    from dlgpr.retrieval import TextRetriever
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,25 @@ class Candidate:
     """The retriever's image embedding ``[D]`` (PlugIR clusters candidates on it)."""
 
 
+class TurnFailure(str, enum.Enum):
+    """Why a turn failed; the value is the string stored in ``Turn.failure`` and in the records."""
+
+    QUESTION_FORMAT = "question_format"
+    """The reply was not a question in the expected format (or a blank one)."""
+    QUESTION_ERROR = "question_error"
+    """The questioner failed otherwise (an API error)."""
+    ANSWER_ERROR = "answer_error"
+    """The answerer failed."""
+    EMPTY_ANSWER = "empty_answer"
+    """The answerer returned nothing."""
+
+    @classmethod
+    def of_question(cls, question: Question) -> TurnFailure:
+        """The failure of a question the loop cannot ask: a reply the parser refused (or a blank
+        question) is a format failure, any other error (an API failure) a questioner error."""
+        return cls.QUESTION_FORMAT if question.error in ("", cls.QUESTION_FORMAT.value, LENIENT_FORMAT) else cls.QUESTION_ERROR
+
+
 @dataclass(frozen=True)
 class Turn:
     """One question/answer exchange. ``failed`` turns add nothing to the query."""
@@ -49,7 +77,12 @@ class Turn:
     think: str = ""
     failed: bool = False
     failure: str = ""
-    """Why the turn failed: ``question_format``, ``question_error``, ``empty_answer``, ``answer_error``."""
+    """Why the turn failed: a :class:`TurnFailure` value, ``""`` for a turn that did not."""
+
+
+def compose_query(initial_description: str, history: Sequence[Turn]) -> str:
+    """``d_t = concat(d_0, a_1, ..., a_t)``: answers only, failed turns skipped."""
+    return " ".join([initial_description.strip(), *(t.answer.strip() for t in history if not t.failed)])
 
 
 @dataclass(frozen=True)
@@ -114,18 +147,57 @@ class Answerer(Protocol):
         ...
 
 
+@runtime_checkable
+class RetrieverUser(Protocol):
+    """A questioner that reads the retriever (PlugIR scores hypothetical answers with it)."""
+
+    def bind_retriever(self, retriever: TextRetriever) -> None: ...
+
+
+@runtime_checkable
+class RecordsUser(Protocol):
+    """A questioner that reads a split's place records before it asks (the corpus teacher)."""
+
+    def bind_records(self, records: Iterable[PlaceRecord]) -> None: ...
+
+
+@runtime_checkable
+class QueryComposer(Protocol):
+    """A questioner that writes each round's query itself instead of :func:`compose_query` (PlugIR)."""
+
+    def compose_query(self, initial_description: str, history: Sequence[Turn]) -> str: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A reward that counts what its last call saw (the GRPO module logs the counts)."""
+
+    last_stats: Mapping[str, float]
+
+
+@runtime_checkable
+class ProcessorConsumer(Protocol):
+    """A datamodule that renders prompts with the policy's processor and the module's prompt limits."""
+
+    def set_processor(self, processor: Any, with_images: bool, mode: str, max_prompt_tokens: int | None = None,
+                      max_description_words: int | None = None) -> None: ...
+
+
 def parse_question(raw: str) -> Question:
     """Parse ``<think>..</think><question>..</question>`` (``dlgpr.dialogue.reply_format``, the
     definition the format reward uses); a reply in another form, or a blank question, is ``ok=False``."""
     think, question, failure = check_reply(raw)
     if failure:
-        return Question(text="", raw=raw or "", ok=False, error="question_format")
+        return Question(text="", raw=raw or "", ok=False, error=TurnFailure.QUESTION_FORMAT.value)
     return Question(text=question, think=think, raw=raw)
 
 
 def format_question(think: str, question: str) -> str:
     return f"<think>{think}</think><question>{question}</question>"
 
+
+LENIENT_FORMAT = "lenient_format"
+"""``Question.error`` of a question read from a reply outside the strict format (it is still asked)."""
 
 _FIRST_QUESTION = re.compile(r"([^.!?\n<>]*\?)")
 
@@ -139,4 +211,4 @@ def extract_question(raw: str) -> Question:
     m = _FIRST_QUESTION.search(re.sub(r"<think>.*?</think>", " ", raw or "", flags=re.DOTALL))
     if m is None or len(m.group(1).split()) < 2:
         return strict
-    return Question(text=" ".join(m.group(1).split()).lstrip("-*0123456789. )"), raw=raw or "", error="lenient_format")
+    return Question(text=" ".join(m.group(1).split()).lstrip("-*0123456789. )"), raw=raw or "", error=LENIENT_FORMAT)

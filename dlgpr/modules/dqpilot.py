@@ -36,6 +36,7 @@ from torch import Tensor
 
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
 from dlgpr.dialogue.prompts import questioner_messages
+from dlgpr.dialogue.types import ProcessorConsumer, ReportsStats
 from dlgpr.losses import group_advantages, grpo_loss
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
@@ -95,7 +96,7 @@ class QuestionerModule(LightningModule):
     # ---- data ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_processor"):
+        if isinstance(dm, ProcessorConsumer):
             # the module's prompt limits win: training prompts must be the prompts it generates from
             dm.set_processor(self.processor, self.with_images, self.collate_mode, self.max_prompt_tokens, self.max_description_words)
 
@@ -416,7 +417,7 @@ class GRPOModule(QuestionerModule):
         log_values.update({f"train/reward/{k}": v.mean() for k, v in scored.parts.items()})
         log_values.update({f"train/{k}": v.float() for k, v in stats.items()})
         for wr in self.rewards:
-            for k, v in getattr(wr.fn, "last_stats", {}).items():
+            for k, v in (wr.fn.last_stats if isinstance(wr.fn, ReportsStats) else {}).items():
                 log_values[f"train/reward_stats/{wr.name}/{k}"] = torch.tensor(float(v))
         self.log_dict({k: v.float().cpu() for k, v in log_values.items()}, batch_size=n)
         self.log("train/reward", r.mean(), prog_bar=True, batch_size=n)

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.turns import DialogueTurnRecord
 from dlgpr.dialogue.evaluation import build_queries
-from dlgpr.dialogue.loop import DialogueQuery, Gallery
+from dlgpr.dialogue.loop import DialogueQuery
 from dlgpr.dialogue.types import Answerer, Questioner
 from dlgpr.pipeline.dialogues import CorpusConfig, generate_turns
+from dlgpr.ranking import Gallery
 from dlgpr.retrieval import TextRetriever
 
 log = logging.getLogger("dlgpr.pipeline")

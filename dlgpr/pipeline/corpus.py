@@ -25,7 +25,7 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
 from dlgpr.dialogue.prompts import PROMPT_VERSION, flatten_text, questioner_messages
-from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, Turn, format_question
+from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, RecordsUser, Turn, format_question
 from dlgpr.pipeline.chunks import build_split_turns
 from dlgpr.pipeline.ddi_split import split_by_ddi, summarize_turns
 from dlgpr.pipeline.dialogues import CorpusConfig
@@ -93,9 +93,8 @@ def build_corpus(config: CorpusBuildConfig, teacher: Questioner, answerer: Answe
     A teacher with ``bind_records`` (the API teacher's evidence base) gets the place records first.
     Returns the summary stored in the manifest's ``extra``.
     """
-    from dlgpr.dialogue.evaluation import encode_split_gallery  # heavy imports, only for a build
-    from dlgpr.models.questioner import train_corpus_tokenizer
-    from dlgpr.retrieval import ModuleTextRetriever, load_retriever
+    from dlgpr.models.questioner import train_corpus_tokenizer  # heavy imports, only for a build
+    from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
     c, corpus = config, config.corpus
     start = time.perf_counter()
@@ -114,9 +113,9 @@ def build_corpus(config: CorpusBuildConfig, teacher: Questioner, answerer: Answe
         if not records:
             raise ValueError(f"{c.data_dir}: split {split!r} has no place")
         all_records.update({r.key: r for r in records})
-        if hasattr(teacher, "bind_records"):
+        if isinstance(teacher, RecordsUser):
             teacher.bind_records(records)
-        gallery = encode_split_gallery(module, c.data_dir, split)
+        gallery = encode_gallery(module, c.data_dir, split)
         work = Path(c.work_dir) if c.work_dir is not None else out / "work"
         turns, stats = build_split_turns(records, gallery, text_retriever, teacher, answerer, corpus, work, split, lim, c.progress)
         split_turns[split] = turns

@@ -25,9 +25,10 @@ from typing import Any, Literal, Sequence
 import torch
 
 from dlgpr.data.turns import DialogueTurnRecord, turn_key
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
+from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
 from dlgpr.metrics import ddi, semantic_ambiguity
+from dlgpr.ranking import Gallery
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import topk_search
 

@@ -213,7 +213,8 @@ def test_plugir_with_a_chat_model_over_the_api(fake_openai):
     from lexical import LexicalRetriever
 
     from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
-    from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
+    from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
+    from dlgpr.ranking import Gallery
     from dlgpr.dialogue.plugir_llm import ChatPlugIRModel
     from dlgpr.dialogue.questioners import PlugIRQuestioner
     from dlgpr.dialogue.types import Answer

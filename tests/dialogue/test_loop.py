@@ -10,9 +10,10 @@ from lexical import LexicalRetriever  # noqa: E402
 from dlgpr.data.synth.dialogue import answer_sentence  # noqa: E402
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, run_dialogue  # noqa: E402
+from dlgpr.dialogue.loop import DialogueQuery, run_dialogue  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner  # noqa: E402
-from dlgpr.dialogue.types import Answer, Question, Target, format_question, parse_question  # noqa: E402
+from dlgpr.dialogue.types import Answer, Question, Target, compose_query, format_question, parse_question  # noqa: E402
+from dlgpr.ranking import Gallery  # noqa: E402
 
 
 def attribute_text(attrs):

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.loop import Gallery
-from dlgpr.dialogue.rewards import RetrievalGainReward
 from dlgpr.dialogue.types import Answer, AnswerRequest, Target, Turn
 from dlgpr.metrics import prg
+from dlgpr.ranking import Gallery
+from dlgpr.rewards import RetrievalGainReward
 
 D0 = "a building near a shop"
 HISTORY = (Turn(question="Is there a tree?", answer="There is a tree on the left."),)

@@ -12,7 +12,7 @@ import torch
 
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world, render_place_views
 from dlgpr.models.clip_backbone import DLGPR_PRETRAINED, CLIPBackbone, ClipBackboneConfig, resolve_pretrained
-from dlgpr.retrieval import rank_of_place
+from dlgpr.ranking import rank_of_place
 
 PLACES = 48
 

@@ -180,8 +180,8 @@ def grpo_module(policy: Path, tmp_path: Path, rewards: list[WeightedReward] | No
 
 
 def test_grpo_refuses_rewards_under_which_a_failed_reply_beats_a_question(text_policy: Path, tmp_path: Path) -> None:
-    from dlgpr.dialogue.loop import Gallery
-    from dlgpr.dialogue.rewards import RetrievalGainReward
+    from dlgpr.ranking import Gallery
+    from dlgpr.rewards import RetrievalGainReward
 
     gallery = Gallery(torch.eye(2), torch.tensor([0, 1]), ["a", "b"], ["a", "b"], [{}, {}])
     prg = RetrievalGainReward.from_parts(None, gallery)  # type: ignore[arg-type]  (never called)

@@ -31,13 +31,14 @@ from dlgpr.data.turns import (  # noqa: E402
     write_turn_shards,
 )
 from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery, Gallery, compose_query, gallery_positive_ranks  # noqa: E402
+from dlgpr.dialogue.loop import DialogueQuery  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
-from dlgpr.dialogue.types import Question, Target, Turn  # noqa: E402
+from dlgpr.dialogue.types import Question, Target, Turn, compose_query  # noqa: E402
 from dlgpr.metrics import prg as prg_metric  # noqa: E402
 from dlgpr.pipeline.chunks import build_split_turns  # noqa: E402
 from dlgpr.pipeline.ddi_split import split_by_ddi  # noqa: E402
 from dlgpr.pipeline.dialogues import CorpusConfig, compact_candidate_sets, generate_turns  # noqa: E402
+from dlgpr.ranking import Gallery, gallery_positive_ranks  # noqa: E402
 
 
 def make_turn(place_id: int = 1, round_: int = 1, prg: float = 0.5, ddi: float = 0.3, **kw) -> DialogueTurnRecord:

@@ -99,9 +99,9 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
     import torch
 
     from datamodules.dqcities import DQCitiesDataModule
-    from dlgpr.dialogue.evaluation import encode_split_gallery
     from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
-    from dlgpr.retrieval import ModuleTextRetriever, load_retriever, rank_of_place
+    from dlgpr.ranking import rank_of_place
+    from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
     spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
     query_shapes = importlib.util.module_from_spec(spec)
@@ -120,7 +120,7 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
     for r in sorted(dm.records("val"), key=lambda r: (r.place_id, r.view)):
         first.setdefault(r.place_id, r)
     module = load_retriever(ckpt).eval()
-    gallery = encode_split_gallery(module, home_dir, "val")
+    gallery = encode_gallery(module, home_dir, "val")
     retriever = ModuleTextRetriever(module)
     ids = torch.tensor(list(first))
 

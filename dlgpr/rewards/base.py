@@ -1,4 +1,4 @@
-"""Reward functions for the GRPO loop: callables ``(prompts, completions, **batch) -> list[float]``.
+"""What every reward of the GRPO loop is: a callable ``(prompts, completions, **batch) -> list[float]``.
 
 The loop (DQ-Pilot, and the GLOBE recipe) takes a list of them with weights from its config and
 knows nothing about what they measure (trl's reward-function shape).
@@ -6,9 +6,9 @@ knows nothing about what they measure (trl's reward-function shape).
 A reply that fails (malformed, a blank question, a question the user cannot answer, an answerer
 failure) must total strictly less than every well-formed question, or the group advantage can
 favour breaking the format. Reward functions say what they give through ``profile()``
-(:class:`RewardProfile`: the range over well-formed questions, the value per failure kind) and
-:func:`check_failure_order` refuses weights under which a failure could tie or beat a question
-(docs/DQPILOT.md, "Rewards").
+(:class:`ProfiledReward`, :class:`RewardProfile`: the range over well-formed questions, the value
+per failure kind) and :func:`check_failure_order` refuses weights under which a failure could tie
+or beat a question (docs/DQPILOT.md, "Rewards").
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
-from dlgpr.dialogue.reply_format import EMPTY_QUESTION, MALFORMED, check_reply
+from dlgpr.dialogue.reply_format import EMPTY_QUESTION, MALFORMED
 
 __all__ = [
-    "RewardFunction", "FAILURE_KINDS", "RewardProfile", "format_reward", "FormatReward", "WeightedReward", "combine_rewards",
-    "check_failure_order",
+    "RewardFunction", "ProfiledReward", "FAILURE_KINDS", "UNANSWERABLE", "ANSWER_FAILURE", "RewardProfile", "WeightedReward",
+    "combine_rewards", "check_failure_order",
 ]
 
 log = logging.getLogger("dlgpr.rewards")
@@ -55,10 +55,11 @@ class RewardProfile:
             raise ValueError(f"a reward profile must give a value for every failure kind; missing {missing}")
 
 
-def format_reward(prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
-    """1.0 where the completion is a well-formed reply (``dlgpr.dialogue.reply_format``: the
-    ``<think>..</think><question>..</question>`` format with a non-blank question), else 0.0."""
-    return [0.0 if check_reply(c)[2] else 1.0 for c in completions]
+@runtime_checkable
+class ProfiledReward(Protocol):
+    """A reward function that says what it gives (what :func:`check_failure_order` reads)."""
+
+    def profile(self) -> RewardProfile: ...
 
 
 @dataclass
@@ -93,17 +94,6 @@ def combine_rewards(
     return total, parts
 
 
-class FormatReward:
-    """:func:`format_reward` as a configurable object (``class_path: dlgpr.rewards.FormatReward``)."""
-
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
-        return format_reward(prompts, completions, **batch)
-
-    def profile(self) -> RewardProfile:
-        # an unanswerable question, or one the user failed to answer, is still in the format
-        return RewardProfile(well_formed=(1.0, 1.0), failures={MALFORMED: 0.0, EMPTY_QUESTION: 0.0, UNANSWERABLE: 1.0, ANSWER_FAILURE: 1.0})
-
-
 def check_failure_order(rewards: Sequence[WeightedReward]) -> float | None:
     """Refuse weights under which a failed reply could score as much as a well-formed question.
 
@@ -121,11 +111,10 @@ def check_failure_order(rewards: Sequence[WeightedReward]) -> float | None:
     for r in rewards:
         if not math.isfinite(r.weight):
             raise ValueError(f"reward {r.name!r} has a non-finite weight {r.weight}")
-        fn = getattr(r.fn, "profile", None)
-        if fn is None:
+        if not isinstance(r.fn, ProfiledReward):
             log.warning("reward %r declares no profile(): cannot check that failed replies score below every question", r.name)
             return None
-        profiles.append((r, fn()))
+        profiles.append((r, r.fn.profile()))
     lowest_question = sum(min(r.weight * p.well_formed[0], r.weight * p.well_formed[1]) for r, p in profiles)
     failures = {k: sum(r.weight * p.failures[k] for r, p in profiles) for k in FAILURE_KINDS}
     bad = {k: v for k, v in failures.items() if not v < lowest_question}

@@ -8,7 +8,7 @@ through one batched text encode and one exact search.
 
 A failed reply scores ``failure_value`` (default -1.5), below the -1 of the worst question, so
 that with the format reward's weight it totals less than every well-formed question
-(``dlgpr.rewards.check_failure_order``); each is counted in :attr:`RetrievalGainReward.last_stats`:
+(:func:`dlgpr.rewards.check_failure_order`); each is counted in :attr:`RetrievalGainReward.last_stats`:
 a completion not in the ``<think>..</think><question>..</question>`` format or with a blank
 question (``format_failures``), a question the user cannot answer ("I don't know":
 ``unanswerable``), or no answer (``answer_failures``). A target with no image in the gallery is
@@ -24,11 +24,13 @@ from typing import Any, Sequence
 import torch
 
 from dlgpr.dialogue.answerers import DONT_KNOW, DONT_REMEMBER, OracleAnswerer
-from dlgpr.dialogue.loop import Gallery, compose_query, gallery_positive_ranks
-from dlgpr.dialogue.types import Answerer, AnswerRequest, Target, Turn, parse_question
+from dlgpr.dialogue.types import Answerer, AnswerRequest, Target, Turn, compose_query, parse_question
 from dlgpr.metrics import prg
-from dlgpr.retrieval import TextRetriever
-from dlgpr.rewards import FAILURE_KINDS, UNANSWERABLE, RewardProfile
+from dlgpr.ranking import Gallery, gallery_positive_ranks
+from dlgpr.retrieval import ModuleTextRetriever, TextRetriever, encode_gallery, load_retriever
+from dlgpr.rewards.base import FAILURE_KINDS, UNANSWERABLE, RewardProfile
+
+__all__ = ["RetrievalGainReward"]
 
 
 class RetrievalGainReward:
@@ -89,9 +91,6 @@ class RetrievalGainReward:
 
     def _load(self) -> tuple[TextRetriever, Gallery]:
         if self._retriever is None or self._gallery is None:
-            from dlgpr.dialogue.evaluation import encode_split_gallery
-            from dlgpr.retrieval import ModuleTextRetriever, load_retriever
-
             if not Path(self.retriever_path).is_file():
                 raise FileNotFoundError(
                     f"RetrievalGainReward: no retriever checkpoint at {self.retriever_path}; train one with "
@@ -99,7 +98,7 @@ class RetrievalGainReward:
                 )
             device = "cuda" if torch.cuda.is_available() else "cpu"
             module = load_retriever(self.retriever_path, map_location=device)
-            self._gallery = encode_split_gallery(module, self.data_dir, self.splits, batch_size=self.batch_size)
+            self._gallery = encode_gallery(module, self.data_dir, self.splits, batch_size=self.batch_size)
             self._retriever = ModuleTextRetriever(module, batch_size=self.batch_size)
         return self._retriever, self._gallery
 
