@@ -59,8 +59,8 @@ sys.path.insert(0, str(ROOT / "tests" / "dialogue"))  # the offline tiny tokeniz
 from tiny_models import INIT_STD, tiny_requests, tiny_tokenizer  # noqa: E402
 
 from datamodules.dialogue import TurnExample  # noqa: E402
-from dlgpr.dialogue.prompts import flatten_text, questioner_messages  # noqa: E402
 from dlgpr.dialogue.types import Target  # noqa: E402
+from dlgpr.models.prompting import flatten_text, questioner_messages  # noqa: E402
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig  # noqa: E402
 from dlgpr.pipeline.dialogues import DialogueTurnRecord  # noqa: E402
 from dlgpr.rewards import WeightedReward, format_reward  # noqa: E402

@@ -46,9 +46,10 @@ from dlgpr.data.reader import iter_records
 from dlgpr.data.shards import DeterministicTar, iter_tar_members, read_manifest
 from dlgpr.dialogue.evaluation import build_queries
 from dlgpr.dialogue.loop import DialogueQuery, Gallery, run_dialogue
-from dlgpr.dialogue.prompts import PROMPT_VERSION, flatten_text, questioner_messages
+from dlgpr.dialogue.prompts import PROMPT_VERSION
 from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, Turn, format_question
 from dlgpr.metrics import ddi, semantic_ambiguity
+from dlgpr.models.prompting import flatten_text, questioner_messages
 from dlgpr.retrieval import TextRetriever
 from dlgpr.search import topk_search
 
