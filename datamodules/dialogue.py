@@ -40,9 +40,8 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import distributed_context
 from dlgpr.data.turns import DialogueTurnRecord, read_turns
-from dlgpr.dialogue.hf import FALLBACK_CHAT_TEMPLATE
-from dlgpr.dialogue.prompts import flatten_text, questioner_messages
 from dlgpr.dialogue.types import Candidate, QuestionRequest, Target, Turn, format_question
+from dlgpr.models.prompting import TOKEN_ALIGNED_KEYS, PromptConfig, PromptEncoder
 
 log = logging.getLogger("dlgpr.data")
 
@@ -144,45 +143,32 @@ class CurriculumSampler(DistributedSampler):
 class SFTCollator:
     """Tokenize prompt + completion; labels are the completion tokens (and end-of-turn), the rest -100.
 
-    The prompt and the completion are tokenized separately and concatenated, which is exactly
-    how generation sees them (the completion starts after the rendered generation prompt).
-    Prompts longer than ``max_prompt_tokens`` are cut on the left (as ``HFQuestioner`` does).
-    Returns ``input_ids``, ``attention_mask``, ``labels`` [B, L] (right-padded), plus
-    ``pixel_values`` / ``image_grid_thw`` for a vision-language processor.
+    The prompt is encoded by the policy's :class:`~dlgpr.models.prompting.PromptEncoder` (the
+    one the questioner and the GRPO rollout generate from, left truncation included) and the
+    completion tokenized separately and appended, which is exactly how generation sees them
+    (the completion starts after the rendered generation prompt). Returns ``input_ids``,
+    ``attention_mask``, ``labels`` [B, L] (right-padded), plus ``pixel_values`` /
+    ``image_grid_thw`` for a vision-language processor.
     """
 
-    def __init__(self, processor: Any, with_images: bool, max_prompt_tokens: int = 2048, max_description_words: int = 60) -> None:
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.is_vlm = processor is not self.tokenizer
-        self.with_images = with_images
-        self.max_prompt_tokens = max_prompt_tokens
-        self.max_description_words = max_description_words
-        self.num_truncated = 0
+    def __init__(self, processor: Any, with_images: bool, prompt: PromptConfig = PromptConfig()) -> None:
+        shown = PromptConfig("always" if with_images else "never", prompt.max_description_words, prompt.max_prompt_tokens)
+        self.encoder = PromptEncoder(processor, shown)
+        self.tokenizer = self.encoder.tokenizer
+        self.prompt = prompt
+
+    @property
+    def num_truncated(self) -> int:
+        return self.encoder.num_truncated
 
     def _encode_one(self, ex: TurnExample) -> dict[str, Any]:
-        messages = questioner_messages(ex.request, with_images=self.with_images, max_description_words=self.max_description_words)
+        enc = self.encoder([self.encoder.messages(ex.request)])  # one prompt: no padding
+        prompt = enc["input_ids"][0].tolist()
         extra: dict[str, torch.Tensor] = {}
         aligned: dict[str, list[int]] = {}
-        if self.is_vlm:
-            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
-            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
-            prompt = enc["input_ids"][0].tolist()
-            extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS)}
+        if self.encoder.is_vlm:
+            extra = {k: v for k, v in enc.items() if k not in TOKEN_ALIGNED_KEYS}
             aligned = {k: enc[k][0].tolist() for k in TOKEN_TYPE_KEYS if k in enc}
-        else:
-            template = None if self.tokenizer.chat_template is not None else FALLBACK_CHAT_TEMPLATE
-            text = self.tokenizer.apply_chat_template(flatten_text(messages), tokenize=False, add_generation_prompt=True, chat_template=template)
-            prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        cut = len(prompt) - self.max_prompt_tokens
-        image_token_id = getattr(self.processor, "image_token_id", None) if self.is_vlm else None
-        if cut > 0 and image_token_id is not None and image_token_id in prompt:
-            cut = min(cut, prompt.index(image_token_id))  # as HFQuestioner: never cut into image placeholders
-        if cut > 0:
-            prompt = prompt[cut:]
-            aligned = {k: v[cut:] for k, v in aligned.items()}
-            self.num_truncated += 1
         completion = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return {"prompt": prompt, "completion": completion, "extra": extra, "aligned": aligned}
 
@@ -214,6 +200,25 @@ def prompts_collate(examples: list[TurnExample]) -> list[TurnExample]:
     return examples
 
 
+@dataclass
+class CurriculumConfig:
+    """The order of the training turns (see ``dlgpr.data.curriculum``)."""
+
+    mode: CurriculumMode = "easy_to_hard"
+    """``easy_to_hard``, ``buckets``, ``stratified`` (every prefix has the stage's DDI mix: for runs
+    that stop within an epoch, as GRPO under ``max_steps``) or ``random`` (the order-shuffle ablation)."""
+    num_buckets: int = 3
+    """DDI buckets of the ``buckets`` curriculum, strata of the ``stratified`` one."""
+    seed: int | None = None
+    """Order seed; None follows ``seed_everything``."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("easy_to_hard", "buckets", "stratified", "random"):
+            raise ValueError(f"curriculum.mode must be easy_to_hard, buckets, stratified or random, got {self.mode!r}")
+        if self.num_buckets < 1:
+            raise ValueError(f"curriculum.num_buckets must be >= 1, got {self.num_buckets}")
+
+
 class DialogueDataModule(LightningDataModule):
     """Dialogue-turn shards in ``data_dir`` over the place shards in ``place_data_dir``.
 
@@ -222,17 +227,13 @@ class DialogueDataModule(LightningDataModule):
         place_data_dir: the DQ-Cities / SynthCities shards the turns' keys refer to.
         train_stages: corpus stages trained on (``[sft]``; ``[grpo]``; ``[sft, grpo]`` = the whole corpus).
         val_stage: stage validated on (None: no validation).
-        curriculum: ``easy_to_hard``, ``buckets``, ``stratified`` (every prefix has the stage's DDI
-            mix: for runs that stop within an epoch, as GRPO under ``max_steps``) or ``random``
-            (the order-shuffle ablation).
-        num_buckets: DDI buckets of the ``buckets`` curriculum, strata of the ``stratified`` one.
+        curriculum: the training order (:class:`CurriculumConfig`).
         batch_size: turns per training batch (prompts per GRPO step).
         val_batch_size: turns per validation batch.
         max_val_turns: validation turns used (the first ones in key order); None: all.
         num_workers: loader worker processes.
-        max_description_words: candidate descriptions are cut to this many words (text-only models).
-        max_prompt_tokens: prompts are cut on the left to this many tokens.
-        seed: order seed; None follows ``seed_everything``.
+        prompt: how SFT prompts are built; under ``python -m dlgpr`` it is linked from the model's
+            ``prompt`` (the prompts the policy generates from), not set here.
     """
 
     def __init__(
@@ -241,36 +242,26 @@ class DialogueDataModule(LightningDataModule):
         place_data_dir: str = "data/synthcities",
         train_stages: list[str] = ["sft"],  # noqa: B006 (jsonargparse reads the default)
         val_stage: str | None = "val",
-        curriculum: CurriculumMode = "easy_to_hard",
-        num_buckets: int = 3,
+        curriculum: CurriculumConfig = CurriculumConfig(),
         batch_size: int = 8,
         val_batch_size: int = 16,
         max_val_turns: int | None = 256,
         num_workers: int = 0,
-        max_description_words: int = 60,
-        max_prompt_tokens: int = 2048,
-        seed: int | None = None,
+        prompt: PromptConfig = PromptConfig(),
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size and val_batch_size must be >= 1 and num_workers >= 0")
-        if curriculum not in ("easy_to_hard", "buckets", "stratified", "random"):
-            raise ValueError(f"curriculum must be easy_to_hard, buckets, stratified or random, got {curriculum!r}")
-        if num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
         self.data_dir = Path(data_dir)
         self.place_data_dir = Path(place_data_dir)
         self.train_stages = list(train_stages)
         self.val_stage = val_stage
         self.curriculum = curriculum
-        self.num_buckets = num_buckets
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.max_val_turns = max_val_turns
         self.num_workers = num_workers
-        self.max_description_words = max_description_words
-        self.max_prompt_tokens = max_prompt_tokens
-        self.seed = seed
+        self.prompt = prompt
         self.processor: Any = None
         self.with_images = False
         self.mode: CollateMode = "sft"
@@ -278,18 +269,12 @@ class DialogueDataModule(LightningDataModule):
         self.val_examples: list[TurnExample] = []
         self.bad = BadSampleLog()
 
-    def set_processor(self, processor: Any, with_images: bool, mode: CollateMode, max_prompt_tokens: int | None = None,
-                      max_description_words: int | None = None) -> None:
-        """Called by the module: how to render prompts, whether batches are tokenized (sft) or raw
-        (prompts), and the prompt limits the module generates with (they override the datamodule's
-        own, so training prompts and generation prompts are the same)."""
+    def set_processor(self, processor: Any, with_images: bool, mode: CollateMode) -> None:
+        """Called by the module: the policy's tokenizer or processor, whether it is shown images,
+        and whether batches are tokenized (sft) or raw (prompts)."""
         if mode not in ("sft", "prompts"):
             raise ValueError(f"mode must be 'sft' or 'prompts', got {mode!r}")
         self.processor, self.with_images, self.mode = processor, with_images, mode
-        if max_prompt_tokens is not None:
-            self.max_prompt_tokens = max_prompt_tokens
-        if max_description_words is not None:
-            self.max_description_words = max_description_words
 
     def setup(self, stage: str | None = None) -> None:
         """Nothing to do before the module has said whether it shows images (see ``load``)."""
@@ -319,19 +304,21 @@ class DialogueDataModule(LightningDataModule):
         return out
 
     def _seed(self) -> int:
-        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = self.curriculum.seed
+        return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _collate(self) -> Any:
         if self.mode == "prompts":
             return prompts_collate
         if self.processor is None:
             raise RuntimeError("DialogueDataModule needs set_processor() before SFT batches can be made (the module calls it in setup)")
-        return SFTCollator(self.processor, self.with_images, self.max_prompt_tokens, self.max_description_words)
+        return SFTCollator(self.processor, self.with_images, self.prompt)
 
     def train_sampler(self) -> CurriculumSampler:
         self.load()
         rank, world = distributed_context()
-        return CurriculumSampler([ex.turn.ddi for ex in self.train_examples], self.curriculum, self._seed(), self.num_buckets, rank, world)
+        c = self.curriculum
+        return CurriculumSampler([ex.turn.ddi for ex in self.train_examples], c.mode, self._seed(), c.num_buckets, rank, world)
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()
@@ -343,14 +330,14 @@ class DialogueDataModule(LightningDataModule):
         """An ordered curriculum cut short by ``max_steps`` trains on one end of the DDI range only."""
         trainer = getattr(self, "trainer", None)
         max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
-        if self.curriculum not in ("easy_to_hard", "buckets") or max_steps in (None, -1):
+        if self.curriculum.mode not in ("easy_to_hard", "buckets") or max_steps in (None, -1):
             return
         batches = per_rank // self.batch_size
         if max_steps < batches:  # stops within the first epoch
             log.warning(
                 "curriculum %r with max_steps %d sees the first %d of %d turns per rank: the run never reaches the "
                 "hardest turns of stage(s) %s; use curriculum: stratified to keep the stage's DDI mix",
-                self.curriculum, max_steps, max_steps * self.batch_size, per_rank, self.train_stages,
+                self.curriculum.mode, max_steps, max_steps * self.batch_size, per_rank, self.train_stages,
             )
 
     def val_dataloader(self) -> DataLoader:

@@ -18,6 +18,10 @@ config that pins its logger's ``version`` refuses to log into a folder that alre
 run's events, unless it resumes that run with ``--ckpt_path``. Checkpoints hold the random
 states of torch, CUDA, numpy and Python (``RandomStateCheckpoint``), so a run resumed from an
 end-of-epoch checkpoint continues as the uninterrupted run would have.
+
+A model and a datamodule that both take a ``prompt`` (DQ-Pilot's ``QuestionerModule`` and
+``DialogueDataModule``) share one: the model's ``prompt`` is linked into the datamodule's, so the
+prompts it trains on are the prompts the policy generates from.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ def _holds_a_run(folder: Path) -> bool:
 class DlgprCLI(LightningCLI):
     """LightningCLI with the project's defaults (seed, TensorBoard under default_root_dir, saved
     config, random states in checkpoints, no mixing of two runs in one pinned log folder)."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # applies only where both classes take a prompt; the datamodule's own value is not read
+        parser.link_arguments("model.init_args.prompt", "data.init_args.prompt")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config

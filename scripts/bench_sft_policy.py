@@ -20,7 +20,7 @@ import torch
 
 from datamodules.dialogue import DialogueDataModule, SFTCollator
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf
-from dlgpr.dialogue.prompts import questioner_messages
+from dlgpr.models.prompting import PromptConfig
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, ScratchLMConfig, apply_lora, load_policy
 from dlgpr.utils import eval_mode
 
@@ -30,8 +30,8 @@ def measure(name: str, policy: PolicyConfig, lora: LoRAConfig | None, examples: 
     base, processor = load_policy(policy)
     load_s = time.perf_counter() - start
     model = apply_lora(base, lora).train()
-    collate = SFTCollator(processor, with_images=False, max_prompt_tokens=args.max_prompt_tokens,
-                          max_description_words=args.max_description_words)
+    prompt = PromptConfig(max_description_words=args.max_description_words, max_prompt_tokens=args.max_prompt_tokens)
+    collate = SFTCollator(processor, with_images=False, prompt=prompt)
     batch = collate(examples)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     steps = []
@@ -45,11 +45,10 @@ def measure(name: str, policy: PolicyConfig, lora: LoRAConfig | None, examples: 
         opt.zero_grad(set_to_none=True)
         if i:  # the first step warms up allocators and kernels
             steps.append(time.perf_counter() - t)
-    q = HFQuestioner.from_model(model, processor, HFQuestionerConfig(model=name, max_new_tokens=args.new_tokens, batch_size=len(examples),
-                                                                     max_description_words=args.max_description_words,
-                                                                     max_prompt_tokens=args.max_prompt_tokens))
-    messages = [questioner_messages(ex.request, max_description_words=args.max_description_words) for ex in examples]
-    enc = q.encode(messages)
+    q = HFQuestioner(model, processor, HFQuestionerConfig(model=name, max_new_tokens=args.new_tokens, batch_size=len(examples),
+                                                          max_description_words=args.max_description_words,
+                                                          max_prompt_tokens=args.max_prompt_tokens, show_images="never"))
+    enc = q.encode([q.encoder.messages(ex.request) for ex in examples])
     gens = []
     for i in range(args.repeats + 1):
         t = time.perf_counter()

@@ -20,8 +20,8 @@ import torch
 from datamodules.dialogue import DialogueDataModule
 from dlgpr.data.synth.dialogue import SLOT_QUESTIONS
 from dlgpr.dialogue.hf import DQPilotQuestioner
-from dlgpr.dialogue.prompts import questioner_messages
 from dlgpr.dialogue.types import format_question, parse_question
+from dlgpr.models.prompting import PromptConfig, questioner_messages
 from dlgpr.rewards import RetrievalGainReward
 
 
@@ -36,8 +36,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    dm = DialogueDataModule(data_dir=args.corpus, train_stages=["grpo"], val_stage=None)
-    dm.set_processor(None, False, "prompts", 1024, 40)
+    dm = DialogueDataModule(data_dir=args.corpus, train_stages=["grpo"], val_stage=None,
+                            prompt=PromptConfig(max_description_words=40, max_prompt_tokens=1024))
+    dm.set_processor(None, False, "prompts")
     dm.load()
     examples = dm.train_examples[:: max(1, len(dm.train_examples) // args.prompts)][: args.prompts]
     reward = RetrievalGainReward(args.retriever)

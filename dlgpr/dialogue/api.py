@@ -4,7 +4,7 @@ The paper's simulated user is GPT-4o answering from the target's fine-grained de
 zero-shot questioners (GPT-4o, or a local model served by vLLM / SGLang) are baselines. Both talk
 to the same API, so one small client serves them:
 
-- :class:`ChatClient` turns the neutral messages of :mod:`dlgpr.dialogue.prompts` into the
+- :class:`ChatClient` turns the neutral messages of :mod:`dlgpr.models.prompting` into the
   OpenAI chat format, lets the ``openai`` client do its own retries (exponential backoff on
   429 / 5xx / timeouts / connection errors, ``Retry-After`` honoured), and never raises on a
   bad reply: a request that still fails after its retries comes back as ``ok=False`` with a
@@ -37,8 +37,9 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from PIL import Image
 
-from dlgpr.dialogue.prompts import answerer_messages, questioner_messages
+from dlgpr.dialogue.prompts import answerer_messages
 from dlgpr.dialogue.types import Answer, AnswerRequest, Question, QuestionRequest, parse_question
+from dlgpr.models.prompting import questioner_messages
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def image_data_url(image: Image.Image, quality: int = 90) -> str:
 
 
 def to_openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Neutral messages (text and PIL image parts, see prompts.py) -> OpenAI chat messages.
+    """Neutral messages (text and PIL image parts, see dlgpr.models.prompting) -> OpenAI chat messages.
 
     A message without images gets plain string content, which every OpenAI-compatible server
     takes (some text-only servers reject the list form); images become ``image_url`` data URLs.

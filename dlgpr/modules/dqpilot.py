@@ -35,9 +35,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
-from dlgpr.dialogue.prompts import questioner_messages
 from dlgpr.dialogue.types import ProcessorConsumer, ReportsStats
 from dlgpr.losses import group_advantages, grpo_loss
+from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, message_images
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 from dlgpr.rewards import WeightedReward, check_failure_order, combine_rewards
@@ -48,11 +48,21 @@ log = logging.getLogger("dlgpr.modules")
 # are is the point, not an accident Lightning needs to warn about
 warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
 
-SHOW_IMAGES = ("auto", "always", "never")
-
 
 class QuestionerModule(LightningModule):
-    """What SFT and GRPO share: the policy, its processor, the optimiser, checkpoints and export."""
+    """What SFT and GRPO share: the policy, its processor and prompt encoder, the optimiser,
+    checkpoints and export.
+
+    Args:
+        policy: where the policy comes from (a checkpoint, a scratch model, a dlgpr export).
+        lora: a fresh LoRA adapter to train; None trains every weight.
+        lr: peak learning rate.
+        optim: AdamW and the warmup-cosine schedule.
+        prompt: how prompts are built; ``python -m dlgpr`` links it into the datamodule's
+            ``prompt``, so training prompts are the prompts the policy generates from.
+        export_dir: where the policy is written at the end of training (None: ``<log_dir>/policy``).
+        seed: seeds a scratch model's initial weights.
+    """
 
     collate_mode = "sft"
 
@@ -62,15 +72,11 @@ class QuestionerModule(LightningModule):
         lora: LoRAConfig | None = None,
         lr: float = 1e-4,
         optim: OptimConfig = OptimConfig(weight_decay=0.0, warmup_steps=10),
-        show_images: str = "auto",
-        max_prompt_tokens: int = 2048,
-        max_description_words: int = 60,
+        prompt: PromptConfig = PromptConfig(),
         export_dir: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if show_images not in SHOW_IMAGES:
-            raise ValueError(f"show_images must be one of {SHOW_IMAGES}, got {show_images!r}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.save_hyperparameters()
@@ -78,15 +84,13 @@ class QuestionerModule(LightningModule):
         self.lora = lora
         self.lr = lr
         self.optim = optim
-        self.max_prompt_tokens = max_prompt_tokens
-        self.max_description_words = max_description_words
+        self.prompt = prompt
         self.export_dir = export_dir
         base, self.processor = load_policy(policy, seed=seed)
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.is_vlm = self.processor is not self.tokenizer
-        if show_images == "always" and not self.is_vlm:
-            raise ValueError("show_images='always' needs a vision-language policy")
-        self.with_images = self.is_vlm and show_images != "never"
+        self.encoder = PromptEncoder(self.processor, prompt)
+        self.tokenizer = self.encoder.tokenizer
+        self.is_vlm = self.encoder.is_vlm
+        self.with_images = self.encoder.with_images
         self.model = apply_lora(base, lora)
         # from_pretrained returns eval mode and Lightning keeps modules' modes: train mode, or dropout never applies
         self.model.train()
@@ -97,17 +101,16 @@ class QuestionerModule(LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if isinstance(dm, ProcessorConsumer):
-            # the module's prompt limits win: training prompts must be the prompts it generates from
-            dm.set_processor(self.processor, self.with_images, self.collate_mode, self.max_prompt_tokens, self.max_description_words)
+            dm.set_processor(self.processor, self.with_images, self.collate_mode)
 
     def questioner(self, max_new_tokens: int = 256, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
                    top_p: float = 1.0) -> HFQuestioner:
         """This policy as a dialogue-loop questioner (``run_dialogue``), strict format."""
         cfg = HFQuestionerConfig(model="<in memory>", max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                                 temperature=temperature, top_p=top_p, max_prompt_tokens=self.max_prompt_tokens,
-                                 max_description_words=self.max_description_words,
+                                 temperature=temperature, top_p=top_p, max_prompt_tokens=self.prompt.max_prompt_tokens,
+                                 max_description_words=self.prompt.max_description_words,
                                  show_images="auto" if self.with_images else "never")
-        return HFQuestioner.from_model(self.model, self.processor, cfg)
+        return HFQuestioner(self.model, self.processor, cfg)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -231,9 +234,7 @@ class GRPOModule(QuestionerModule):
         lora: LoRAConfig | None = None,
         lr: float = 1e-5,
         optim: OptimConfig = OptimConfig(weight_decay=0.0, warmup_steps=0),
-        show_images: str = "auto",
-        max_prompt_tokens: int = 2048,
-        max_description_words: int = 60,
+        prompt: PromptConfig = PromptConfig(),
         export_dir: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -242,7 +243,7 @@ class GRPOModule(QuestionerModule):
         # a failed reply (malformed, blank, unanswerable, unanswered) must total below every
         # well-formed question, or the advantage can favour breaking the format (before loading the policy)
         check_failure_order(rewards)
-        super().__init__(policy, lora, lr, optim, show_images, max_prompt_tokens, max_description_words, export_dir, seed)
+        super().__init__(policy, lora, lr, optim, prompt, export_dir, seed)
         self.rewards = rewards
         self.grpo = grpo
         self.automatic_optimization = False
@@ -251,8 +252,6 @@ class GRPOModule(QuestionerModule):
         if lora is None and grpo.beta > 0:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
             self._reference.append(ref)
-        # encodes a whole rollout batch at once (rollout calls encode and generate itself)
-        self._sampler = self.questioner(max_new_tokens=grpo.max_new_tokens, batch_size=1 << 30)
 
     def total_optimizer_steps(self) -> int:
         # estimated_stepping_batches counts batches; each rollout makes num_iterations optimiser steps,
@@ -270,8 +269,9 @@ class GRPOModule(QuestionerModule):
             ref.to(self.device)
 
     # ---- 1. rollout -----------------------------------------------------------------------------
-    def _messages(self, examples: Sequence[Any]) -> list[list[dict[str, Any]]]:
-        return [questioner_messages(ex.request, with_images=self.with_images, max_description_words=self.max_description_words) for ex in examples]
+    def messages(self, examples: Sequence[Any]) -> list[Messages]:
+        """The chat messages of corpus turns, as the policy is prompted with them."""
+        return [self.encoder.messages(ex.request) for ex in examples]
 
     @torch.no_grad()
     def rollout(self, examples: Sequence[Any], group_size: int | None = None, greedy: bool = False, for_update: bool = True) -> Rollout:
@@ -280,20 +280,11 @@ class GRPOModule(QuestionerModule):
         ``for_update=False`` (validation) skips the reference and old-policy log-prob passes.
         """
         g = group_size or self.grpo.group_size
-        messages = self._messages(examples)
-        enc = self._sampler.encode(messages)
-        kwargs: dict[str, Any] = {"max_new_tokens": self.grpo.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
-                                  "eos_token_id": self.tokenizer.eos_token_id, "use_cache": True, "num_return_sequences": g}
-        if greedy:
-            kwargs["do_sample"] = False
-        else:
-            kwargs.update(do_sample=True, temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=0)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = self.model.generate(**enc, **kwargs)  # [B * G, L + T]
-        finally:
-            self.model.train(was_training)
+        messages = self.messages(examples)
+        enc = self.encoder(messages).to(self.model.get_input_embeddings().weight.device)
+        # generation stops at the tokenizer's end-of-turn token, where the completion mask ends
+        out = generate(self.model, self.tokenizer, enc, self.grpo.max_new_tokens, do_sample=not greedy, temperature=self.grpo.temperature,
+                       top_p=self.grpo.top_p, num_return_sequences=g, eos_token_id=self.tokenizer.eos_token_id)  # [B * G, L + T]
         length = enc["input_ids"].shape[1]
         completion = out[:, length:]  # [N, T]
         is_eos = completion == self.tokenizer.eos_token_id
@@ -301,7 +292,7 @@ class GRPOModule(QuestionerModule):
         mask = (torch.arange(completion.shape[1], device=completion.device)[None, :] <= first[:, None]).long()  # [N, T]
         texts = [self.tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True).strip() for row, m in zip(completion, mask)]
         # images actually shown per prompt (a candidate without an image is shown as text)
-        images_per_prompt = [sum(part["type"] == "image" for m in msgs for part in m["content"]) for msgs in messages]
+        images_per_prompt = [len(message_images(msgs)) for msgs in messages]
         vision = _repeat_vision(enc, images_per_prompt, g)
         prompt_ids = enc["input_ids"].repeat_interleave(g, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(g, dim=0)

@@ -76,7 +76,7 @@ def test_grpo_config_trains_on_the_stages_ddi_mix_within_its_steps(config, high_
     high = set(rng.sample(range(n), round(high_share * n)))
     ddi = [threshold + rng.uniform(1e-3, 0.1) if i in high else threshold - rng.uniform(0, 0.1) for i in range(n)]
     for seed in range(3):
-        orders = [CurriculumSampler(ddi, data["curriculum"], seed, data.get("num_buckets", 3), rank=r, world_size=world).order()
+        orders = [CurriculumSampler(ddi, data["curriculum"]["mode"], seed, data["curriculum"].get("num_buckets", 3), rank=r, world_size=world).order()
                   for r in range(world)]
         for n_steps in sorted({10, 30, steps}):
             # every rank's first n_steps batches (a step past the epoch wraps into the next one)

@@ -14,11 +14,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
 from tiny_models import CORPUS, tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer  # noqa: E402
 
 from conftest import WORDS, make_tiny_dataset  # noqa: E402
-from datamodules.dialogue import IGNORE_INDEX, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample  # noqa: E402
+from datamodules.dialogue import IGNORE_INDEX, CurriculumConfig, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample  # noqa: E402
 from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards  # noqa: E402
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig  # noqa: E402
-from dlgpr.dialogue.prompts import questioner_messages  # noqa: E402
 from dlgpr.dialogue.types import QuestionRequest, Target, format_question  # noqa: E402
+from dlgpr.models.prompting import PromptConfig, questioner_messages  # noqa: E402
 from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer  # noqa: E402
 
 # ---- the curriculum sampler -------------------------------------------------------------------------
@@ -113,12 +113,12 @@ def check_rows(batch, tok, exs, prompts):
 def test_sft_collator_text_labels_only_the_completion():
     tok = tiny_tokenizer()
     exs = examples(3)
-    batch = SFTCollator(tok, with_images=False, max_prompt_tokens=4096, max_description_words=60)(exs)
+    batch = SFTCollator(tok, with_images=False, prompt=PromptConfig(max_prompt_tokens=4096, max_description_words=60))(exs)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == batch["labels"].shape
     completion = exs[0].completion
     assert completion.startswith("<think>1. History") and completion.endswith("</think><question>What colour is door 0?</question>")
-    qa = HFQuestioner.from_model(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=4096))
+    qa = HFQuestioner(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=4096))
     prompts = [generation_prompt(qa, ex, 60) for ex in exs]
     assert len({len(p) for p in prompts}) == 3  # varied lengths, so the batch is padded
     check_rows(batch, tok, exs, prompts)
@@ -129,17 +129,17 @@ def test_sft_collator_text_labels_only_the_completion():
 def test_sft_collator_cuts_long_prompts_on_the_left_like_generation():
     tok = tiny_tokenizer()
     exs = examples(3)
-    full = SFTCollator(tok, with_images=False, max_prompt_tokens=4096)
+    full = SFTCollator(tok, with_images=False, prompt=PromptConfig(max_prompt_tokens=4096))
     lengths = []
     for ex in exs:
         b = full([ex])
         lengths.append(int((b["labels"][0] == IGNORE_INDEX).sum()))  # the prompt tokens
     assert full.num_truncated == 0
     limit = sorted(lengths)[1]  # one prompt is shorter, one as long, one longer than the limit
-    collator = SFTCollator(tok, with_images=False, max_prompt_tokens=limit)
+    collator = SFTCollator(tok, with_images=False, prompt=PromptConfig(max_prompt_tokens=limit))
     batch = collator(exs)
     assert collator.num_truncated == 1
-    qa = HFQuestioner.from_model(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=limit))
+    qa = HFQuestioner(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=limit))
     prompts = [generation_prompt(qa, ex, 60) for ex in exs]
     assert qa.num_truncated == 1
     assert sorted(len(p) for p in prompts) == [min(lengths), limit, limit]
@@ -152,8 +152,8 @@ def test_sft_collator_cuts_long_prompts_on_the_left_like_generation():
 def test_sft_collator_fallback_template_matches_generation():
     tok = tiny_tokenizer(chat_template=None)  # a base model: the plain-text fallback template
     exs = examples(2)
-    batch = SFTCollator(tok, with_images=False, max_description_words=5)(exs)
-    qa = HFQuestioner.from_model(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=5))
+    batch = SFTCollator(tok, with_images=False, prompt=PromptConfig(max_description_words=5))(exs)
+    qa = HFQuestioner(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=5))
     prompts = [generation_prompt(qa, ex, 5) for ex in exs]
     assert tok.decode(prompts[0]).startswith("System: You help") and tok.decode(prompts[0]).endswith("Assistant:")
     check_rows(batch, tok, exs, prompts)
@@ -173,7 +173,7 @@ def test_sft_collator_with_the_corpus_tokenizer():
         assert tok.decode(labelled) == ex.completion + "<|im_end|>"
         for tag in FORMAT_TAGS:
             assert tok.convert_tokens_to_ids(tag) in labelled.tolist()
-    qa = HFQuestioner.from_model(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60))
+    qa = HFQuestioner(tiny_causal_lm(tok), tok, HFQuestionerConfig(model="tiny", max_description_words=60))
     check_rows(batch, tok, exs, [generation_prompt(qa, ex, 60) for ex in exs])
 
 
@@ -198,7 +198,7 @@ def test_sft_collator_vision_language(tiny_vlm):
         if key in ("pixel_values", "image_grid_thw"):
             continue
         assert value.shape == batch["input_ids"].shape, key  # token-aligned tensors cover prompt + completion
-    qa = HFQuestioner.from_model(model, processor, HFQuestionerConfig(model="tiny", max_description_words=60))
+    qa = HFQuestioner(model, processor, HFQuestionerConfig(model="tiny", max_description_words=60))
     assert qa.with_images
     prompts = [generation_prompt(qa, ex, 60) for ex in exs]
     check_rows(batch, tok, exs, prompts)
@@ -212,9 +212,9 @@ def test_sft_collator_vision_language_truncation_matches_generation(tiny_vlm):
     model, processor = tiny_vlm
     exs = examples(2, with_images=True)
     limit = 120  # shorter than the prompts: generation cuts the system prompt, never an image placeholder
-    collator = SFTCollator(processor, with_images=True, max_prompt_tokens=limit)
+    collator = SFTCollator(processor, with_images=True, prompt=PromptConfig(max_prompt_tokens=limit))
     batch = collator(exs)
-    qa = HFQuestioner.from_model(model, processor, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=limit))
+    qa = HFQuestioner(model, processor, HFQuestionerConfig(model="tiny", max_description_words=60, max_prompt_tokens=limit))
     prompts = [generation_prompt(qa, ex, 60) for ex in exs]
     assert qa.num_truncated == 2 and collator.num_truncated == 2
     check_rows(batch, processor.tokenizer, exs, prompts)
@@ -256,7 +256,7 @@ def dialogue_corpus(tmp_path):
 
 def datamodule(corpus, places, **kw) -> DialogueDataModule:
     args = dict(data_dir=str(corpus), place_data_dir=str(places), train_stages=["sft"], val_stage="val", batch_size=2,
-                val_batch_size=2, seed=0)
+                val_batch_size=2, curriculum=CurriculumConfig(seed=0))
     args.update(kw)
     return DialogueDataModule(**args)
 
@@ -282,14 +282,14 @@ def test_datamodule_sft_batches(dialogue_corpus):
     assert [b["input_ids"].shape[0] for b in val] == [2, 1]
 
 
-def test_datamodule_sft_takes_the_module_prompt_limits(dialogue_corpus):
+def test_datamodule_sft_builds_prompts_with_its_prompt_config(dialogue_corpus):
     corpus, places = dialogue_corpus
     tok = tiny_tokenizer()
-    dm = datamodule(corpus, places, max_prompt_tokens=4096)
-    # the DQ-Pilot module passes its own limits: training prompts must be the prompts it generates from
-    dm.set_processor(tok, False, "sft", 30, 5)
+    # python -m dlgpr links the module's prompt config here (tests/modules/test_dqpilot_cli.py)
+    dm = datamodule(corpus, places, prompt=PromptConfig(max_prompt_tokens=30, max_description_words=5))
+    dm.set_processor(tok, False, "sft")
     collate = dm.train_dataloader().collate_fn
-    assert collate.max_prompt_tokens == 30 and collate.max_description_words == 5
+    assert collate.prompt == PromptConfig(max_prompt_tokens=30, max_description_words=5)
     batch = next(iter(dm.train_dataloader()))
     assert (batch["labels"][0] == IGNORE_INDEX).sum() >= 30
 
@@ -327,7 +327,7 @@ def test_datamodule_prompt_examples(dialogue_corpus):
 
 def test_datamodule_prompts_with_images_and_stages(dialogue_corpus):
     corpus, places = dialogue_corpus
-    dm = datamodule(corpus, places, train_stages=["sft", "grpo"], val_stage=None, batch_size=8, curriculum="random")
+    dm = datamodule(corpus, places, train_stages=["sft", "grpo"], val_stage=None, batch_size=8, curriculum=CurriculumConfig("random", seed=0))
     dm.set_processor(None, with_images=True, mode="prompts")
     (batch,) = list(dm.train_dataloader())
     assert sorted(ex.turn.place_id for ex in batch) == [0, 1, 2, 3, 4, 5, 8, 9]
@@ -344,7 +344,7 @@ def test_datamodule_errors(dialogue_corpus, tmp_path):
     with pytest.raises(RuntimeError, match="set_processor"):
         dm.train_dataloader()  # sft batches need a tokenizer
     with pytest.raises(ValueError, match="curriculum"):
-        datamodule(corpus, places, curriculum="hard_to_easy")
+        datamodule(corpus, places, curriculum=CurriculumConfig("hard_to_easy"))
     empty = tmp_path / "empty"
     write_dialogue_manifest(empty, write_turn_shards(empty, "sft", [corpus_turn(1, "sft", 0.1, place_id=555)], 3), {})
     dm = datamodule(empty, places, val_stage=None)

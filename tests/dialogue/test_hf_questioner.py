@@ -93,7 +93,7 @@ def test_scripted_replies_parse_into_think_and_question_in_request_order(monkeyp
     model, tok = text_lm
     script_generate(monkeypatch, model, tok, echo_description)
     requests = tiny_requests(5, with_images=False)
-    questioner = HFQuestioner.from_model(model, tok, make_config())
+    questioner = HFQuestioner(model, tok, make_config())
     assert isinstance(questioner, Questioner)
 
     questions = questioner.ask(requests)
@@ -105,7 +105,7 @@ def test_scripted_replies_parse_into_think_and_question_in_request_order(monkeyp
 
 def test_random_generations_fail_the_format_without_raising(text_lm) -> None:
     model, tok = text_lm
-    questions = HFQuestioner.from_model(model, tok, make_config()).ask(tiny_requests(4, with_images=False))
+    questions = HFQuestioner(model, tok, make_config()).ask(tiny_requests(4, with_images=False))
     assert len(questions) == 4
     assert all(not q.ok and q.error == "question_format" and q.text == "" and isinstance(q.raw, str) for q in questions)
     assert any(q.raw for q in questions)
@@ -115,8 +115,8 @@ def test_left_padded_batches_generate_what_single_prompts_do(monkeypatch, text_l
     model, tok = text_lm
     calls = record_generate(monkeypatch, model)
     requests = tiny_requests(4, with_images=False)  # prompt lengths differ by tens of tokens
-    single = HFQuestioner.from_model(model, tok, make_config(batch_size=1, max_new_tokens=10)).ask(requests)
-    batched = HFQuestioner.from_model(model, tok, make_config(batch_size=3, max_new_tokens=10)).ask(requests)
+    single = HFQuestioner(model, tok, make_config(batch_size=1, max_new_tokens=10)).ask(requests)
+    batched = HFQuestioner(model, tok, make_config(batch_size=3, max_new_tokens=10)).ask(requests)
 
     assert [len(c["input_ids"]) for c in calls] == [1] * 4 + [3, 1]
     first_batch = calls[4]["attention_mask"]
@@ -137,7 +137,7 @@ def test_text_only_model_sees_descriptions_not_images(monkeypatch, text_lm) -> N
     )
     request = QuestionRequest(query_id=0, round=1, initial_description="a shop", history=(), candidates=cands)
     calls = record_generate(monkeypatch, model)
-    questioner = HFQuestioner.from_model(model, tok, make_config())
+    questioner = HFQuestioner(model, tok, make_config())
     assert not questioner.with_images
 
     questioner.ask([request])
@@ -147,7 +147,7 @@ def test_text_only_model_sees_descriptions_not_images(monkeypatch, text_lm) -> N
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
     assert "pixel_values" not in calls[0]
     with pytest.raises(ValueError, match="show_images"):
-        HFQuestioner.from_model(model, tok, make_config(show_images="always"))
+        HFQuestioner(model, tok, make_config(show_images="always"))
 
 
 def test_tokenizer_without_template_or_pad_uses_plain_template_and_eos_pad(monkeypatch) -> None:
@@ -155,7 +155,7 @@ def test_tokenizer_without_template_or_pad_uses_plain_template_and_eos_pad(monke
     model = tiny_causal_lm(tok)
     calls = record_generate(monkeypatch, model)
 
-    questions = HFQuestioner.from_model(model, tok, make_config()).ask(tiny_requests(2, with_images=False))
+    questions = HFQuestioner(model, tok, make_config()).ask(tiny_requests(2, with_images=False))
 
     assert len(questions) == 2
     assert tok.pad_token == tok.eos_token and calls[0]["pad_token_id"] == tok.eos_token_id
@@ -167,7 +167,7 @@ def test_tokenizer_without_template_or_pad_uses_plain_template_and_eos_pad(monke
 def test_long_prompts_are_cut_on_the_left_and_counted(monkeypatch, text_lm) -> None:
     model, tok = text_lm
     calls = record_generate(monkeypatch, model)
-    questioner = HFQuestioner.from_model(model, tok, make_config(max_prompt_tokens=64))
+    questioner = HFQuestioner(model, tok, make_config(max_prompt_tokens=64))
 
     questioner.ask(tiny_requests(4, with_images=False))
 
@@ -189,7 +189,7 @@ def test_lora_policy_generates_in_eval_mode_without_grad_and_stays_in_training(m
 
     monkeypatch.setattr(policy, "generate", generate)
     policy.train()
-    questioner = HFQuestioner.from_model(policy, tok, make_config(do_sample=True, temperature=0.7, top_p=0.9))
+    questioner = HFQuestioner(policy, tok, make_config(do_sample=True, temperature=0.7, top_p=0.9))
 
     assert len(questioner.ask(tiny_requests(2, with_images=False))) == 2
     assert seen == [(False, False)] and policy.training
@@ -198,8 +198,8 @@ def test_lora_policy_generates_in_eval_mode_without_grad_and_stays_in_training(m
 def test_sampling_uses_only_temperature_and_top_p(monkeypatch, text_lm) -> None:
     model, tok = text_lm
     calls = record_generate(monkeypatch, model)
-    HFQuestioner.from_model(model, tok, make_config(do_sample=True, temperature=0.7, top_p=0.9)).ask(tiny_requests(1))
-    HFQuestioner.from_model(model, tok, make_config()).ask(tiny_requests(1))
+    HFQuestioner(model, tok, make_config(do_sample=True, temperature=0.7, top_p=0.9)).ask(tiny_requests(1))
+    HFQuestioner(model, tok, make_config()).ask(tiny_requests(1))
 
     sampled, greedy = calls
     assert sampled["do_sample"] and (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 0)
@@ -209,7 +209,7 @@ def test_sampling_uses_only_temperature_and_top_p(monkeypatch, text_lm) -> None:
 def test_vlm_shows_candidate_images_through_the_processor(monkeypatch, vlm) -> None:
     model, processor = vlm
     calls = record_generate(monkeypatch, model)
-    questioner = HFQuestioner.from_model(model, processor, make_config())
+    questioner = HFQuestioner(model, processor, make_config())
     assert questioner.is_vlm and questioner.with_images
 
     questions = questioner.ask(tiny_requests(2, n_candidates=2))  # 56x56 images: 4 tokens each
@@ -225,7 +225,7 @@ def test_vlm_shows_candidate_images_through_the_processor(monkeypatch, vlm) -> N
 def test_vlm_truncation_keeps_image_placeholders(monkeypatch, vlm) -> None:
     model, processor = vlm
     calls = record_generate(monkeypatch, model)
-    questioner = HFQuestioner.from_model(model, processor, make_config(max_prompt_tokens=32))
+    questioner = HFQuestioner(model, processor, make_config(max_prompt_tokens=32))
 
     assert len(questioner.ask(tiny_requests(2, n_candidates=2))) == 2
 
@@ -237,7 +237,7 @@ def test_vlm_truncation_keeps_image_placeholders(monkeypatch, vlm) -> None:
 def test_vlm_can_be_told_to_read_descriptions(monkeypatch, vlm) -> None:
     model, processor = vlm
     calls = record_generate(monkeypatch, model)
-    questioner = HFQuestioner.from_model(model, processor, make_config(show_images="never"))
+    questioner = HFQuestioner(model, processor, make_config(show_images="never"))
 
     questioner.ask(tiny_requests(2, n_candidates=2))
 
@@ -251,8 +251,8 @@ def test_loads_causal_lm_and_vlm_from_local_directories(tmp_path, text_lm, vlm) 
         model.save_pretrained(tmp_path / name)
         processor.save_pretrained(tmp_path / name)
 
-    lm = HFQuestioner(make_config(model=str(tmp_path / "lm"), device="cpu", dtype="float32"))
-    vl = HFQuestioner(make_config(model=str(tmp_path / "vlm"), device="cpu"))
+    lm = HFQuestioner.from_pretrained(make_config(model=str(tmp_path / "lm"), device="cpu", dtype="float32"))
+    vl = HFQuestioner.from_pretrained(make_config(model=str(tmp_path / "vlm"), device="cpu"))
 
     assert not lm.is_vlm and lm.model.dtype == torch.float32 and not lm.model.training
     assert vl.is_vlm and vl.with_images

@@ -75,7 +75,7 @@ REQUESTS = [
 
 def test_smollm2_asks_one_question_per_request() -> None:
     directory, gguf_file = find_smollm2_gguf()
-    questioner = HFQuestioner(
+    questioner = HFQuestioner.from_pretrained(
         HFQuestionerConfig(model=directory, gguf_file=gguf_file, device="cpu", max_new_tokens=96, batch_size=3)
     )
     assert not questioner.is_vlm and not questioner.with_images

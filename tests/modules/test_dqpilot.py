@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dialogue"))
 from conftest import make_tiny_dataset  # noqa: E402  (tests/ is on sys.path: rootdir conftest)
 from tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_tokenizer  # noqa: E402
 
-from datamodules.dialogue import DialogueDataModule, TurnExample  # noqa: E402
+from datamodules.dialogue import CurriculumConfig, DialogueDataModule, TurnExample  # noqa: E402
 from dlgpr.data.reader import iter_records  # noqa: E402
 from dlgpr.data.schema import make_key  # noqa: E402
 from dlgpr.data.shards import read_manifest  # noqa: E402
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards  # noqa: E402
+from dlgpr.models.prompting import PromptConfig  # noqa: E402
 from dlgpr.models.questioner import (  # noqa: E402
     POLICY_FILE,
     LoRAConfig,
@@ -45,7 +46,7 @@ from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)
 NO_WARMUP = OptimConfig(weight_decay=0.0, warmup_steps=0)
-WORDS = 12  # max_description_words: short prompts
+PROMPT = PromptConfig(max_description_words=12)  # short prompts
 
 
 # ---- corpus and policies ------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def vlm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def datamodule(corpus: dict[str, Path], stage: str, val: bool = False, batch_size: int = 2) -> DialogueDataModule:
     return DialogueDataModule(
         data_dir=str(corpus["dialogues"]), place_data_dir=str(corpus["places"]), train_stages=[stage],
-        val_stage="val" if val else None, batch_size=batch_size, val_batch_size=2, max_description_words=WORDS, seed=0,
+        val_stage="val" if val else None, batch_size=batch_size, val_batch_size=2, prompt=PROMPT, curriculum=CurriculumConfig(seed=0),
     )
 
 
@@ -175,7 +176,7 @@ def grpo_module(policy: Path, tmp_path: Path, rewards: list[WeightedReward] | No
     return GRPOModule(
         PolicyConfig(model=str(policy)), rewards=rewards or length_and_format(),
         grpo=GRPOConfig(group_size=group_size, max_new_tokens=8, **grpo), lora=lora, lr=1e-3, optim=NO_WARMUP,
-        max_description_words=WORDS, export_dir=str(tmp_path / "export"),
+        prompt=PROMPT, export_dir=str(tmp_path / "export"),
     )
 
 
@@ -197,7 +198,7 @@ def sft_text_run(corpus: dict[str, Path], text_policy: Path, tmp_path_factory: p
     """4 SFT steps with LoRA on the tiny Qwen2 (2 epochs of 2 batches, validation after each)."""
     tmp = tmp_path_factory.mktemp("sft_text")
     seed_everything(0)
-    module = SFTModule(PolicyConfig(model=str(text_policy)), lora=LORA, lr=1e-2, optim=NO_WARMUP, max_description_words=WORDS,
+    module = SFTModule(PolicyConfig(model=str(text_policy)), lora=LORA, lr=1e-2, optim=NO_WARMUP, prompt=PROMPT,
                        export_dir=str(tmp / "policy"))
     before = snapshot(module.model)
     modes = TrainModes()
@@ -235,7 +236,7 @@ def test_sft_checkpoint_holds_the_adapter_only(sft_text_run: dict[str, Any], tex
     trained = {f"model.{n}": p for n, p in module.model.named_parameters() if p.requires_grad}
     assert set(state) == set(trained) and all("lora_" in k for k in state)
     # a fresh module (same base, new adapter) resumes the trained adapter from it
-    fresh = SFTModule(PolicyConfig(model=str(text_policy)), lora=LORA, max_description_words=WORDS)
+    fresh = SFTModule(PolicyConfig(model=str(text_policy)), lora=LORA, prompt=PROMPT)
     assert fresh.strict_loading is False
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     assert not unexpected and all("lora_" not in k for k in missing)
@@ -267,7 +268,7 @@ def test_scratch_model_full_fine_tuning_exports_a_full_model(corpus: dict[str, P
         SFTModule(policy, lora=LORA).export(tmp_path / "no")  # random base weights cannot be an adapter's base
 
     seed_everything(0)
-    module = SFTModule(policy, lora=None, lr=1e-2, optim=NO_WARMUP, max_description_words=WORDS, export_dir=str(tmp_path / "auto"))
+    module = SFTModule(policy, lora=None, lr=1e-2, optim=NO_WARMUP, prompt=PROMPT, export_dir=str(tmp_path / "auto"))
     initial = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     fit(module, datamodule(corpus, "sft"), steps=2)
     assert all(p.requires_grad for p in module.model.parameters())
@@ -312,7 +313,7 @@ def test_grpo_logp_is_the_sampling_policy(corpus: dict[str, Path], text_policy: 
 def assert_matches_generation(module: GRPOModule, examples: list[TurnExample], roll: Rollout, temperature: float) -> None:
     """Replay the rollout's tokens through ``generate`` (forced, one step at a time with the KV cache)."""
     g = roll.prompt_ids.shape[0] // len(examples)
-    enc = module._sampler.encode(module._messages(examples))
+    enc = module.encoder(module.messages(examples))
     enc = {k: v.repeat_interleave(g, dim=0) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in enc.items()}
     if "pixel_values" in enc:
         enc.update({k: v for k, v in roll.vision.items() if k in ("pixel_values", "image_grid_thw")})
@@ -424,7 +425,7 @@ def test_grpo_score_weights_rewards_and_standardises_per_group(corpus: dict[str,
 
 def test_vlm_sft_and_grpo_with_candidate_images(corpus: dict[str, Path], vlm_policy: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    sft = SFTModule(PolicyConfig(model=str(vlm_policy)), lora=LORA, lr=1e-2, optim=NO_WARMUP, max_description_words=WORDS,
+    sft = SFTModule(PolicyConfig(model=str(vlm_policy)), lora=LORA, lr=1e-2, optim=NO_WARMUP, prompt=PROMPT,
                     export_dir=str(tmp_path / "sft"))
     assert sft.is_vlm and sft.with_images
     dm = datamodule(corpus, "sft")
@@ -442,7 +443,7 @@ def test_vlm_sft_and_grpo_with_candidate_images(corpus: dict[str, Path], vlm_pol
 
     seed_everything(0)
     grpo = GRPOModule(PolicyConfig(model=str(vlm_policy)), rewards=length_and_format(), grpo=GRPOConfig(group_size=2, max_new_tokens=6),
-                      lora=LORA, lr=1e-3, optim=NO_WARMUP, max_description_words=WORDS, export_dir=str(tmp_path / "grpo"))
+                      lora=LORA, lr=1e-3, optim=NO_WARMUP, prompt=PROMPT, export_dir=str(tmp_path / "grpo"))
     examples = prompts(grpo, corpus)[:2]
     torch.manual_seed(0)
     roll = grpo.rollout(examples)

@@ -18,9 +18,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset  # tests/ is on sys.path: rootdir conftest
+from datamodules.dialogue import CurriculumConfig
 from dlgpr.cli import main
 from dlgpr.data.schema import make_key
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
+from dlgpr.models.prompting import PromptConfig
 from dlgpr.models.questioner import POLICY_FILE, PolicyConfig, is_peft, load_policy, train_corpus_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +90,7 @@ def sft_args(world: dict[str, Path], tmp: Path, *extra: str) -> list[str]:
         "--model.init_args.policy.scratch.num_heads", "2",
         "--model.init_args.policy.scratch.num_kv_heads", "1",
         "--model.init_args.policy.scratch.intermediate_size", "64",
-        "--model.init_args.max_prompt_tokens", "512",
+        "--model.init_args.prompt.max_prompt_tokens", "512",
         "--model.init_args.export_dir", str(tmp / "sft_policy"),
         "--trainer.logger.init_args.save_dir", str(tmp / "logs"),
         "--trainer.limit_val_batches", "1",
@@ -121,6 +123,8 @@ def test_sft_config_fits_exports_and_resumes(sft_run, monkeypatch):
     monkeypatch.chdir(tmp)
     assert type(cli.model).__name__ == "SFTModule" and type(cli.datamodule).__name__ == "DialogueDataModule"
     assert cli.model.lora is None and cli.model.model.config.hidden_size == 32 and cli.model.model.config.num_hidden_layers == 1
+    # one prompt config: the datamodule gets the module's, with the command line's override
+    assert cli.datamodule.prompt == cli.model.prompt == PromptConfig(max_description_words=40, max_prompt_tokens=512)
     assert cli.trainer.global_step == 2
     before, after = sft_run["before"], cli.model.state_dict()
     assert set(before) == set(after)
@@ -185,7 +189,7 @@ def test_grpo_config_from_the_sft_export_trains_the_adapter_and_exports_it(sft_r
         "--model.init_args.policy.model", str(sft_run["export"]),
         "--model.init_args.grpo.group_size", "2",
         "--model.init_args.grpo.max_new_tokens", "8",
-        "--model.init_args.max_prompt_tokens", "512",
+        "--model.init_args.prompt.max_prompt_tokens", "512",
         "--model.init_args.export_dir", str(export),
         "--trainer.max_steps", "2",
         "--trainer.val_check_interval", "1.0",
@@ -199,6 +203,8 @@ def test_grpo_config_from_the_sft_export_trains_the_adapter_and_exports_it(sft_r
     assert type(module).__name__ == "GRPOModule" and [r.name for r in module.rewards] == ["length", "format"]
     assert type(module.rewards[0].fn) is LengthReward  # the class of this test module, imported by jsonargparse
     assert module.grpo.group_size == 2 and module.lora.r == 16 and is_peft(module.model)
+    assert cli.datamodule.prompt == module.prompt == PromptConfig(max_description_words=40, max_prompt_tokens=512)
+    assert cli.datamodule.curriculum == CurriculumConfig(mode="stratified", num_buckets=10)
     lora_before = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora_" in n}
     base_before = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora_" not in n}
     assert lora_before and all(not p.requires_grad for n, p in module.model.named_parameters() if "lora_" not in n)
