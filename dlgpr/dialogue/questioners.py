@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.slots import AttributeSchema, resolve_schema
-from dlgpr.dialogue.types import Candidate, Question, QuestionRequest, Turn, format_question
+from dlgpr.data.turns import Candidate, Question, QuestionRequest, Turn
+from dlgpr.models.reply_format import format_question
 from dlgpr.retrieval import TextRetriever
 
 

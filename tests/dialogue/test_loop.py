@@ -12,7 +12,9 @@ from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E40
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery, run_dialogue  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner  # noqa: E402
-from dlgpr.dialogue.types import Answer, Question, Target, compose_query, format_question, parse_question  # noqa: E402
+from dlgpr.data.turns import Answer, Question, Target  # noqa: E402
+from dlgpr.dialogue.types import compose_query  # noqa: E402
+from dlgpr.models.reply_format import format_question, parse_question  # noqa: E402
 from dlgpr.ranking import Gallery  # noqa: E402
 
 
@@ -177,7 +179,7 @@ def test_plugir_asks_informative_questions_and_batches_encoding(world):
 
 def test_oracle_answerer_and_noise():
     attrs = {"door_color": "red", "phone_booth": "left", "phone_booth_color": "blue", "house_number": 12, "floors": 1}
-    from dlgpr.dialogue.types import AnswerRequest
+    from dlgpr.data.turns import AnswerRequest
 
     def ask(q):
         return OracleAnswerer().answer([AnswerRequest(0, 1, q, Target(1, "d", attrs), ())])[0].text
@@ -197,7 +199,7 @@ def test_oracle_answerer_and_noise():
 
 
 def test_extract_question_is_lenient_but_strict_first():
-    from dlgpr.dialogue.types import extract_question
+    from dlgpr.models.reply_format import extract_question
 
     strict = extract_question("<think>a</think><question>What colour is the door?</question>")
     assert strict.ok and strict.text == "What colour is the door?" and strict.think == "a"
