@@ -3,7 +3,7 @@
 :class:`DialogueDataModule` reads the dialogue-turn shards written by
 ``scripts/build_dialogues.py`` and the place shards they refer to (candidate descriptions and
 images, the target's ground truth for the simulated user). Each turn becomes a
-:class:`TurnExample`: the :class:`~dlgpr.dialogue.types.QuestionRequest` the questioner sees
+:class:`TurnExample`: the :class:`~dlgpr.data.turns.QuestionRequest` the questioner sees
 (initial description, history, candidates), the teacher's completion and the target.
 
 Order: :class:`CurriculumSampler` walks the turns by DDI (easy to hard, or shuffled within DDI
@@ -40,7 +40,8 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import distributed_context
 from dlgpr.data.turns import DialogueTurnRecord, read_turns
-from dlgpr.dialogue.types import Candidate, QuestionRequest, Target, Turn, format_question
+from dlgpr.data.turns import Candidate, QuestionRequest, Target, Turn
+from dlgpr.models.reply_format import format_question
 from dlgpr.models.prompting import TOKEN_ALIGNED_KEYS, PromptConfig, PromptEncoder
 
 log = logging.getLogger("dlgpr.data")

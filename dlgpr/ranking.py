@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from dlgpr.data.schema import PlaceRecord
-from dlgpr.dialogue.types import Candidate
+from dlgpr.data.turns import Candidate
 from dlgpr.search import Backend, topk_search
 
 __all__ = [

@@ -60,7 +60,7 @@ from tiny_models import INIT_STD, tiny_requests, tiny_tokenizer  # noqa: E402
 
 from datamodules.dialogue import TurnExample  # noqa: E402
 from dlgpr.data.turns import DialogueTurnRecord  # noqa: E402
-from dlgpr.dialogue.types import Target  # noqa: E402
+from dlgpr.data.turns import Target  # noqa: E402
 from dlgpr.models.prompting import flatten_text, questioner_messages  # noqa: E402
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig  # noqa: E402
 from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 from datamodules.dialogue import DialogueDataModule
 from dlgpr.data.synth.dialogue import SLOT_QUESTIONS
 from dlgpr.dialogue.hf import DQPilotQuestioner
-from dlgpr.dialogue.types import format_question, parse_question
+from dlgpr.models.reply_format import format_question, parse_question
 from dlgpr.models.prompting import PromptConfig, questioner_messages
 from dlgpr.rewards import RetrievalGainReward
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
 from dlgpr.dialogue.questioners import RandomQuestioner
-from dlgpr.dialogue.types import Target, format_question
+from dlgpr.data.turns import Target
+from dlgpr.models.reply_format import format_question
 from dlgpr.metrics import recall_at_k
 from dlgpr.ranking import (
     Gallery, exact_positive_ranks, expected_ranks, gallery_positive_ranks, positive_rows, positive_scores, rank_of_place, ranks_from_lists,

@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from dlgpr.dialogue.types import Answer, Target, parse_question
+from dlgpr.data.turns import Answer, Target
+from dlgpr.models.reply_format import parse_question
 from dlgpr.ranking import Gallery
 from dlgpr.rewards import (
     FAILURE_KINDS, FormatReward, RetrievalGainReward, RewardProfile, WeightedReward, check_failure_order, combine_rewards,

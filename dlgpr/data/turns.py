@@ -1,4 +1,7 @@
-"""Dialogue-turn records: the schema of the DQ-Pilot corpus and its shard reader and writer.
+"""Dialogue-turn records: what the dialogue loop, questioners and answerers exchange in memory
+(:class:`Candidate`, :class:`Turn`, :class:`QuestionRequest`, :class:`Question`, :class:`Target`,
+:class:`AnswerRequest`, :class:`Answer`), and the stored schema of the DQ-Pilot corpus with its
+shard reader and writer.
 
 A corpus folder holds ``<stage>-NNNNN.tar`` shards (stages ``sft``, ``grpo``, ``val``), one
 ``<key>.json`` member per :class:`DialogueTurnRecord`, and a ``manifest.json`` with the shard
@@ -8,17 +11,122 @@ list, the counts per stage and the build summary (``extra``). The builder
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch import Tensor
 
 from dlgpr.data.reader import BadSampleLog
 from dlgpr.data.schema import RecordError
 from dlgpr.data.shards import DeterministicTar, iter_tar_members
+
+LENIENT_FORMAT = "lenient_format"
+"""``Question.error`` of a question read from a reply outside the strict format (it is still asked)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A gallery image shown to the questioner (one of the top-k of the previous round)."""
+
+    key: str
+    place_id: int
+    description: str
+    """Fine-grained description of the image (what a text-only questioner reads)."""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """SynthCities ground truth of the place (only the oracle teacher may read it)."""
+    score: float = 0.0
+    """Retrieval similarity of this candidate for the current query."""
+    image: Callable[[], Image.Image] | None = None
+    """Loads the image (for vision-language questioners); None when the gallery keeps no images."""
+    embedding: Tensor | None = None
+    """The retriever's image embedding ``[D]`` (PlugIR clusters candidates on it)."""
+
+
+class TurnFailure(str, enum.Enum):
+    """Why a turn failed; the value is the string stored in ``Turn.failure`` and in the records."""
+
+    QUESTION_FORMAT = "question_format"
+    """The reply was not a question in the expected format (or a blank one)."""
+    QUESTION_ERROR = "question_error"
+    """The questioner failed otherwise (an API error)."""
+    ANSWER_ERROR = "answer_error"
+    """The answerer failed."""
+    EMPTY_ANSWER = "empty_answer"
+    """The answerer returned nothing."""
+
+    @classmethod
+    def of_question(cls, question: Question) -> TurnFailure:
+        """The failure of a question the loop cannot ask: a reply the parser refused (or a blank
+        question) is a format failure, any other error (an API failure) a questioner error."""
+        return cls.QUESTION_FORMAT if question.error in ("", cls.QUESTION_FORMAT.value, LENIENT_FORMAT) else cls.QUESTION_ERROR
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question/answer exchange. ``failed`` turns add nothing to the query."""
+
+    question: str
+    answer: str
+    think: str = ""
+    failed: bool = False
+    failure: str = ""
+    """Why the turn failed: a :class:`TurnFailure` value, ``""`` for a turn that did not."""
+
+
+@dataclass(frozen=True)
+class QuestionRequest:
+    """What a questioner sees for one query in one round."""
+
+    query_id: int
+    round: int
+    """The round whose question is asked (1-based)."""
+    initial_description: str
+    history: tuple[Turn, ...]
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A questioner's output. ``ok=False`` marks a failure (wrong format, API error)."""
+
+    text: str
+    think: str = ""
+    raw: str = ""
+    ok: bool = True
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The place the simulated user has in mind (ground truth the answerer may read)."""
+
+    place_id: int
+    description: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    query_id: int
+    round: int
+    question: str
+    target: Target
+    history: tuple[Turn, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    ok: bool = True
+    error: str = ""
+
 
 DIALOGUE_FORMAT = "dqcities-dialogues"
 DIALOGUE_SCHEMA_VERSION = "1.0"

@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 
 from dlgpr.dialogue.slots import AttributeSchema, resolve_schema
-from dlgpr.dialogue.types import Answer, Answerer, AnswerRequest
+from dlgpr.data.turns import Answer, AnswerRequest
+from dlgpr.dialogue.types import Answerer
 
 DONT_KNOW = "I don't know."
 DONT_REMEMBER = "I don't remember."

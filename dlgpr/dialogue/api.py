@@ -38,7 +38,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from PIL import Image
 
 from dlgpr.dialogue.prompts import answerer_messages
-from dlgpr.dialogue.types import Answer, AnswerRequest, Question, QuestionRequest, parse_question
+from dlgpr.data.turns import Answer, AnswerRequest, Question, QuestionRequest
+from dlgpr.models.reply_format import parse_question
 from dlgpr.models.prompting import questioner_messages
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from typing import Any, Iterable, Sequence
 
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.dialogue.loop import DialogueQuery, DialogueResult
-from dlgpr.dialogue.types import RetrieverUser, Target
+from dlgpr.data.turns import Target
+from dlgpr.dialogue.types import RetrieverUser
 from dlgpr.retrieval import TextRetriever
 
 

@@ -1,9 +1,9 @@
 """A questioner backed by a local Hugging Face model (docs/METHOD.md, "The dialogue", "DQ-Pilot").
 
-:class:`HFQuestioner` turns each :class:`~dlgpr.dialogue.types.QuestionRequest` into chat
+:class:`HFQuestioner` turns each :class:`~dlgpr.data.turns.QuestionRequest` into chat
 messages, encodes them and generates a batch at a time through the questioner's one prompt path
 (:mod:`dlgpr.models.prompting`), and parses the replies with
-:func:`~dlgpr.dialogue.types.parse_question` into ``<think>..</think><question>..</question>``.
+:func:`~dlgpr.models.reply_format.parse_question` into ``<think>..</think><question>..</question>``.
 It serves two kinds of model:
 
 - any causal LM (``AutoModelForCausalLM`` + ``AutoTokenizer``, optionally from a GGUF file):
@@ -36,7 +36,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import BatchEncoding, BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
-from dlgpr.dialogue.types import Question, QuestionRequest, extract_question, parse_question
+from dlgpr.data.turns import Question, QuestionRequest
+from dlgpr.models.reply_format import extract_question, parse_question
 from dlgpr.models.prompting import SHOW_IMAGES, Messages, PromptConfig, PromptEncoder, generate
 from dlgpr.models.questioner import DTYPES, PolicyConfig, load_policy
 

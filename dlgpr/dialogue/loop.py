@@ -20,10 +20,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from dlgpr.dialogue.types import (
-    Answerer, AnswerRequest, Candidate, QueryComposer, Question, Questioner, QuestionRequest, Target, Turn, TurnFailure,
-    compose_query,
-)
+from dlgpr.data.turns import AnswerRequest, Candidate, Question, QuestionRequest, Target, Turn, TurnFailure
+from dlgpr.dialogue.types import Answerer, QueryComposer, Questioner, compose_query
 from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
 from dlgpr.ranking import Gallery, backend_search, exact_search, positive_rows
 from dlgpr.retrieval import TextRetriever

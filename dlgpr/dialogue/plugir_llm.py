@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from dlgpr.dialogue.types import Candidate, Turn
+from dlgpr.data.turns import Candidate, Turn
 
 Complete = Callable[[list[dict[str, Any]]], "str | None"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlgpr.dialogue.types import AnswerRequest
+from dlgpr.data.turns import AnswerRequest
 
 PROMPT_VERSION = "questioner-v1/answerer-v1"
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.slots import AttributeSchema, resolve_schema
-from dlgpr.dialogue.types import Candidate, Question, QuestionRequest, Turn, format_question
+from dlgpr.data.turns import Candidate, Question, QuestionRequest, Turn
+from dlgpr.models.reply_format import format_question
 from dlgpr.retrieval import TextRetriever
 
 
@@ -96,9 +97,10 @@ def _slot_name(slot: str) -> str:
 class TeacherConfig:
     """How the oracle teacher weighs slots."""
 
-    slot_weights: dict[str, float] = field(default_factory=lambda: {"house_number": 0.25})
-    """Multiplier of a slot's split score: features hard to see in a street view (a small
-    house-number plate) separate candidates on paper but help a retriever little."""
+    slot_weights: dict[str, float] | None = None
+    """Multiplier of a slot's split score (1 for a slot not named); None takes the schema's
+    ``slot_weights``. Features hard to see in a street view (a small house-number plate)
+    separate candidates on paper but help a retriever little."""
     max_candidates: int = 30
     """Candidates the teacher studies (the top of the list it is shown). Early in a dialogue
     the target is often below the top 10, so a deeper look splits more useful slots."""
@@ -113,6 +115,8 @@ class OracleTeacherQuestioner:
     def __init__(self, config: TeacherConfig | None = None, schema: AttributeSchema | None = None) -> None:
         self.config = config or TeacherConfig()
         self.schema = resolve_schema(schema)
+        weights = self.config.slot_weights
+        self.slot_weights: dict[str, float] = dict(self.schema.slot_weights if weights is None else weights)
 
     def choose(self, req: QuestionRequest) -> tuple[str, str]:
         """``(slot, reasoning)`` for one request."""
@@ -126,9 +130,9 @@ class OracleTeacherQuestioner:
         for slot in slots:
             if slot in done or not pool or slot not in pool[0].attributes:
                 continue
-            scores[slot] = _entropy([p.attributes[slot] for p in pool]) * self.config.slot_weights.get(slot, 1.0)
+            scores[slot] = _entropy([p.attributes[slot] for p in pool]) * self.slot_weights.get(slot, 1.0)
         if not scores:  # every slot settled: ask the most telling one again
-            scores = {s: self.config.slot_weights.get(s, 1.0) for s in slots}
+            scores = {s: self.slot_weights.get(s, 1.0) for s in slots}
         slot = max(scores, key=lambda s: (scores[s], -slots.index(s)))
         return slot, self._reasoning(req, places, consistent, scores, slot)
 

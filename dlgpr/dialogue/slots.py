@@ -22,7 +22,7 @@ import functools
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 __all__ = ["DEFAULT_SCHEMA", "AttributeSchema", "CueRule", "CueWordParser", "resolve_schema"]
 
@@ -32,6 +32,8 @@ class AttributeSchema(Protocol):
 
     slots: tuple[str, ...]
     """Every askable slot, in a fixed order (ties between slots go to the earlier one)."""
+    slot_weights: Mapping[str, float]
+    """The oracle teacher's default multiplier of a slot's split score (1 for a slot not named)."""
 
     def question(self, slot: str) -> str:
         """The canonical question of ``slot``."""

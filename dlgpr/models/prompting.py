@@ -1,6 +1,6 @@
 """The questioner's prompt: its chat messages, their encoding into model inputs, and generation.
 
-One path from a :class:`~dlgpr.dialogue.types.QuestionRequest` to new tokens, shared by the
+One path from a :class:`~dlgpr.data.turns.QuestionRequest` to new tokens, shared by the
 dialogue-loop questioner (``dlgpr.dialogue.hf.HFQuestioner``), the GRPO rollout
 (``dlgpr.modules.dqpilot.GRPOModule``) and the SFT collator (``datamodules.dialogue``), so
 training prompts are exactly the prompts the policy generates from:
@@ -30,7 +30,7 @@ import torch
 from transformers import BatchEncoding, BatchFeature, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 if TYPE_CHECKING:
-    from dlgpr.dialogue.types import QuestionRequest
+    from dlgpr.data.turns import QuestionRequest
 
 log = logging.getLogger("dlgpr.models")
 

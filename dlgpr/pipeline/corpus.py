@@ -25,7 +25,9 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
 from dlgpr.dialogue.prompts import PROMPT_VERSION
-from dlgpr.dialogue.types import Answerer, Candidate, QuestionRequest, Questioner, RecordsUser, Turn, format_question
+from dlgpr.data.turns import Candidate, QuestionRequest, Turn
+from dlgpr.dialogue.types import Answerer, Questioner, RecordsUser
+from dlgpr.models.reply_format import format_question
 from dlgpr.models.prompting import flatten_text, questioner_messages
 from dlgpr.pipeline.chunks import build_split_turns
 from dlgpr.pipeline.ddi_split import split_by_ddi, summarize_turns

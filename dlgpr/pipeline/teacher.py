@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from dlgpr.data.schema import PlaceRecord, Region
 from dlgpr.dialogue.api import APIQuestioner, ChatAPIConfig
-from dlgpr.dialogue.types import Question, QuestionRequest
+from dlgpr.data.turns import Question, QuestionRequest
 from dlgpr.models.prompting import history_text
 from dlgpr.pipeline.text import PromptFile
 

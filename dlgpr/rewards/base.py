@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from dlgpr.dialogue.reply_format import EMPTY_QUESTION, MALFORMED
+from dlgpr.models.reply_format import EMPTY_QUESTION, MALFORMED
 
 __all__ = [
     "RewardFunction", "ProfiledReward", "FAILURE_KINDS", "UNANSWERABLE", "ANSWER_FAILURE", "RewardProfile", "WeightedReward",

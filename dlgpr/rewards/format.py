@@ -1,7 +1,7 @@
 """The format reward of DQ-Pilot GRPO (docs/METHOD.md, "DQ-Pilot": R_fmt).
 
-A reply is well formed by the one definition of ``dlgpr.dialogue.reply_format``, the same the
-question parser (``dlgpr.dialogue.types.parse_question``) reads replies with: a reply this reward
+A reply is well formed by the one definition of ``dlgpr.models.reply_format``, the same the
+question parser (``dlgpr.models.reply_format.parse_question``) reads replies with: a reply this reward
 pays for is always a question the dialogue loop can ask.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dlgpr.dialogue.reply_format import EMPTY_QUESTION, MALFORMED, check_reply
+from dlgpr.models.reply_format import EMPTY_QUESTION, MALFORMED, check_reply
 from dlgpr.rewards.base import ANSWER_FAILURE, UNANSWERABLE, RewardProfile
 
 __all__ = ["FormatReward"]

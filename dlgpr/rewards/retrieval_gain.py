@@ -24,7 +24,9 @@ from typing import Any, Sequence
 import torch
 
 from dlgpr.dialogue.answerers import DONT_KNOW, DONT_REMEMBER, OracleAnswerer
-from dlgpr.dialogue.types import Answerer, AnswerRequest, Target, Turn, compose_query, parse_question
+from dlgpr.data.turns import AnswerRequest, Target, Turn
+from dlgpr.dialogue.types import Answerer, compose_query
+from dlgpr.models.reply_format import parse_question
 from dlgpr.metrics import prg
 from dlgpr.ranking import Gallery, gallery_positive_ranks
 from dlgpr.retrieval import ModuleTextRetriever, TextRetriever, encode_gallery, load_retriever

@@ -17,7 +17,8 @@ from conftest import WORDS, make_tiny_dataset  # noqa: E402
 from datamodules.dialogue import IGNORE_INDEX, CurriculumConfig, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample  # noqa: E402
 from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards  # noqa: E402
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig  # noqa: E402
-from dlgpr.dialogue.types import QuestionRequest, Target, format_question  # noqa: E402
+from dlgpr.data.turns import QuestionRequest, Target  # noqa: E402
+from dlgpr.models.reply_format import format_question  # noqa: E402
 from dlgpr.models.prompting import PromptConfig, questioner_messages  # noqa: E402
 from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer  # noqa: E402
 

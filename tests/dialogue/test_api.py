@@ -13,7 +13,8 @@ from openai_server import Fault, FakeOpenAIServer, message_text  # tests/dialogu
 from PIL import Image
 
 from dlgpr.dialogue.api import APIQuestioner, ChatAPIConfig, LLMAnswerer
-from dlgpr.dialogue.types import Answer, AnswerRequest, Answerer, Candidate, Question, QuestionRequest, Questioner, Target, Turn
+from dlgpr.data.turns import Answer, AnswerRequest, Candidate, Question, QuestionRequest, Target, Turn
+from dlgpr.dialogue.types import Answerer, Questioner
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -217,7 +218,7 @@ def test_plugir_with_a_chat_model_over_the_api(fake_openai):
     from dlgpr.ranking import Gallery
     from dlgpr.dialogue.plugir_llm import ChatPlugIRModel
     from dlgpr.dialogue.questioners import PlugIRQuestioner
-    from dlgpr.dialogue.types import Answer
+    from dlgpr.data.turns import Answer
 
     client = ChatClient(ChatAPIConfig(base_url=fake_openai.base_url, model="fake", timeout_s=2.0, max_retries=0))
     lm = ChatPlugIRModel(lambda messages: client.complete(messages).text)

@@ -17,7 +17,8 @@ from tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_token
 
 from dlgpr.dialogue import hf  # noqa: E402
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf  # noqa: E402
-from dlgpr.dialogue.types import Candidate, Questioner, QuestionRequest  # noqa: E402
+from dlgpr.data.turns import Candidate, QuestionRequest  # noqa: E402
+from dlgpr.dialogue.types import Questioner  # noqa: E402
 
 
 def make_config(**overrides: Any) -> HFQuestionerConfig:

@@ -12,7 +12,9 @@ from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E40
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery, run_dialogue  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner  # noqa: E402
-from dlgpr.dialogue.types import Answer, Question, Target, compose_query, format_question, parse_question  # noqa: E402
+from dlgpr.data.turns import Answer, Question, Target  # noqa: E402
+from dlgpr.dialogue.types import compose_query  # noqa: E402
+from dlgpr.models.reply_format import format_question, parse_question  # noqa: E402
 from dlgpr.ranking import Gallery  # noqa: E402
 
 
@@ -177,7 +179,7 @@ def test_plugir_asks_informative_questions_and_batches_encoding(world):
 
 def test_oracle_answerer_and_noise():
     attrs = {"door_color": "red", "phone_booth": "left", "phone_booth_color": "blue", "house_number": 12, "floors": 1}
-    from dlgpr.dialogue.types import AnswerRequest
+    from dlgpr.data.turns import AnswerRequest
 
     def ask(q):
         return OracleAnswerer().answer([AnswerRequest(0, 1, q, Target(1, "d", attrs), ())])[0].text
@@ -197,7 +199,7 @@ def test_oracle_answerer_and_noise():
 
 
 def test_extract_question_is_lenient_but_strict_first():
-    from dlgpr.dialogue.types import extract_question
+    from dlgpr.models.reply_format import extract_question
 
     strict = extract_question("<think>a</think><question>What colour is the door?</question>")
     assert strict.ok and strict.text == "What colour is the door?" and strict.think == "a"
@@ -217,3 +219,25 @@ def test_search_through_topk_backend_matches_exact_counting(world):
         assert torch.equal(deep.ranks, exact.ranks) and torch.equal(deep.positive_ranks, exact.positive_ranks)
     shallow = run_dialogue(retriever, RandomQuestioner(), OracleAnswerer(), queries[:25], gallery, rounds=1, top_k=5, rank_depth=5)
     assert int(shallow.ranks.max()) <= 6  # deeper than the search depth reads as depth + 1
+
+
+def test_teacher_slot_weights_come_from_the_schema_unless_configured():
+    from dlgpr.data.synth.dialogue import SynthCitiesSchema
+    from dlgpr.data.turns import Candidate, QuestionRequest
+    from dlgpr.dialogue.questioners import TeacherConfig
+
+    base = {"door_color": "red", "house_number": 12}
+    # two places that differ in the door colour and the house number only: equal split scores
+    cands = (Candidate("a_0", 1, "", dict(base)), Candidate("b_0", 2, "", {"door_color": "blue", "house_number": 13}))
+    req = QuestionRequest(query_id=0, round=1, initial_description="a house", history=(), candidates=cands)
+
+    class TwoSlots(SynthCitiesSchema):
+        slots = ("house_number", "door_color")  # the house number first: it wins a tie
+        slot_weights = {}
+
+    assert OracleTeacherQuestioner().slot_weights == {"house_number": 0.25}  # SynthCities' own
+    assert OracleTeacherQuestioner(schema=TwoSlots()).choose(req)[0] == "house_number"  # tie, no weights
+    assert OracleTeacherQuestioner(schema=TwoSlots(), config=TeacherConfig(slot_weights={"house_number": 0.25})).choose(req)[0] == "door_color"
+    weighted = SynthCitiesSchema()
+    weighted_two = type("W", (TwoSlots,), {"slot_weights": weighted.slot_weights})()
+    assert OracleTeacherQuestioner(schema=weighted_two).choose(req)[0] == "door_color"  # the schema's weights apply

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.types import Answer, AnswerRequest, Target, Turn
+from dlgpr.data.turns import Answer, AnswerRequest, Target, Turn
 from dlgpr.metrics import prg
 from dlgpr.ranking import Gallery
 from dlgpr.rewards import RetrievalGainReward

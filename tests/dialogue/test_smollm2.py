@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf
-from dlgpr.dialogue.types import Candidate, Question, QuestionRequest, Turn
+from dlgpr.data.turns import Candidate, Question, QuestionRequest, Turn
 
 pytestmark = [
     pytest.mark.slow,

@@ -23,7 +23,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from dlgpr.dialogue.types import Candidate, QuestionRequest, Turn
+from dlgpr.data.turns import Candidate, QuestionRequest, Turn
 from dlgpr.models.questioner import CHATML_SPECIAL, CHATML_TEMPLATE  # the corpus tokenizer's ChatML
 
 CORPUS = (

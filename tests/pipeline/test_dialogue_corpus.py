@@ -33,7 +33,8 @@ from dlgpr.data.turns import (  # noqa: E402
 from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
 from dlgpr.dialogue.loop import DialogueQuery  # noqa: E402
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
-from dlgpr.dialogue.types import Question, Target, Turn, compose_query  # noqa: E402
+from dlgpr.data.turns import Question, Target, Turn  # noqa: E402
+from dlgpr.dialogue.types import compose_query  # noqa: E402
 from dlgpr.metrics import prg as prg_metric  # noqa: E402
 from dlgpr.pipeline.chunks import build_split_turns  # noqa: E402
 from dlgpr.pipeline.ddi_split import split_by_ddi  # noqa: E402
