@@ -1,4 +1,4 @@
-"""Run by tests/modules/test_cmpl_module.py under 2 gloo processes (``python -m tests.helpers.ddp_loss_probe
+"""Run by tests/modules/test_cmpl.py under 2 gloo processes (``python -m tests.helpers.ddp_loss_probe
 <out>``): each rank computes CMPL's loss on its half of one fixed batch and writes it (and one gradient)
 to <out>/rank<r>.pt."""
 
