@@ -3,7 +3,7 @@
     python scripts/bench_dqcities.py --cities 3 --places_per_city 20 --views 4 --json
 
 Builds DQ-Cities from a GSV-Cities-shaped folder of SynthCities renders against the rule-based
-OpenAI-compatible server of the test suite (tests/dialogue/openai_server.py, on 127.0.0.1): the
+OpenAI-compatible server of the test suite (dlgpr/testing/openai_server.py, on 127.0.0.1): the
 text stage's replies are the SynthCities captions and descriptions of the images (real lengths),
 the teacher's and user's replies are the server's rule-based ones. A tiny retriever is trained for
 a few steps so the dialogue stage can run. Reported:
@@ -29,8 +29,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "dialogue"))
-
 GSV_SIZE = (640, 480)
 
 
@@ -61,7 +59,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from openai_server import FakeOpenAIServer, image_sha256s, message_text
     from transformers import AutoTokenizer
 
     from dlgpr.cli import main as cli_main
@@ -73,6 +70,7 @@ def main() -> None:
     from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder
     from dlgpr.pipeline.grounding import GroundingConfig
     from dlgpr.pipeline.text import TextExpansionConfig
+    from dlgpr.testing.openai_server import FakeOpenAIServer, image_sha256s, message_text
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dqcities_"))
     generate_synthcities(SynthCitiesConfig(num_cities=args.cities, places_per_city=args.places_per_city, views_per_place=args.views,

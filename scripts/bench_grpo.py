@@ -53,17 +53,13 @@ from typing import Any, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "dialogue"))  # the offline tiny tokenizer and requests
-
-from tiny_models import INIT_STD, tiny_requests, tiny_tokenizer  # noqa: E402
-
-from datamodules.dialogue import TurnExample  # noqa: E402
-from dlgpr.data.turns import DialogueTurnRecord  # noqa: E402
-from dlgpr.data.turns import Target  # noqa: E402
-from dlgpr.models.prompting import flatten_text, questioner_messages  # noqa: E402
-from dlgpr.models.questioner import LoRAConfig, PolicyConfig  # noqa: E402
-from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402
+from datamodules.dialogue import TurnExample
+from dlgpr.data.turns import DialogueTurnRecord
+from dlgpr.data.turns import Target
+from dlgpr.models.prompting import flatten_text, questioner_messages
+from dlgpr.models.questioner import LoRAConfig, PolicyConfig
+from dlgpr.rewards import FormatReward, WeightedReward
+from dlgpr.testing.tiny_models import INIT_STD, tiny_requests, tiny_tokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_dataset
 from dlgpr.cli import main
+from tests.helpers.cli_args import tiny_args
+from tests.helpers.shards import make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -25,30 +26,6 @@ PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]
 @pytest.fixture(autouse=True)
 def _clean_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dlgpr"])  # LightningCLI(args=...) must not also see pytest's argv
-
-
-def tiny_args(data_dir: Path, *extra: str) -> list[str]:
-    """configs/cmpl.yaml shrunk to seconds: tiny data, a tiny random CLIP at 32 px, short text, no workers."""
-    return [
-        "--config", str(ROOT / "configs" / "cmpl.yaml"),
-        "--model.init_args.backbone.model_name", "dlgpr-tiny",
-        "--model.init_args.backbone.pretrained", "null",
-        "--model.init_args.logit_scale", "14.2857",
-        "--data.init_args.data_dir", str(data_dir),
-        "--data.init_args.synthetic", "null",
-        "--data.init_args.places_per_batch", "4",
-        "--data.init_args.views_per_place", "2",
-        "--data.init_args.eval_batch_size", "16",
-        "--data.init_args.num_workers", "0",
-        "--model.init_args.backbone.image_size", "32",
-        "--model.init_args.backbone.context_length", "24",
-        "--model.init_args.backbone.long_text_length", "32",
-        "--trainer.accelerator", "cpu",
-        "--trainer.precision", "32-true",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *extra,
-    ]
 
 
 def test_configs_are_all_covered():

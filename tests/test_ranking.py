@@ -3,8 +3,6 @@ place that ranks (static eval, dialogue loop exact and from backend lists, PRG r
 
 import itertools
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch

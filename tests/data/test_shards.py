@@ -2,9 +2,9 @@ import hashlib
 
 import pytest
 
-from conftest import make_tiny_dataset, tiny_record
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import ManifestError, iter_tar_members, read_manifest, write_split
+from tests.helpers.shards import make_tiny_dataset, tiny_record
 
 
 def _files(root):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import make_tiny_dataset
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import ImageTransform, Preprocessing, RecordCollator
+from tests.helpers.shards import make_tiny_dataset
 
 
 def char_tokenizer(texts):

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import openai._base_client
 import pytest
 import torch
-from openai_server import Fault, FakeOpenAIServer, message_text  # tests/dialogue is on sys.path (prepend import mode)
 from PIL import Image
 
 from dlgpr.dialogue.api import APIQuestioner, ChatAPIConfig, LLMAnswerer
 from dlgpr.data.turns import Answer, AnswerRequest, Candidate, Question, QuestionRequest, Target, Turn
 from dlgpr.dialogue.types import Answerer, Questioner
+from dlgpr.testing.openai_server import Fault, FakeOpenAIServer, message_text
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -32,8 +32,6 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
     The openai client honours only a positive ``Retry-After``; otherwise (``Retry-After: 0``,
     timeouts, connection errors) it sleeps ``INITIAL_RETRY_DELAY * 2**n``, which would make the
     fault tests slow. Shrinking that constant keeps the client's own retry logic under test.
-    (No conftest.py here: a second ``conftest`` module would shadow tests/conftest.py for the
-    test modules that import helpers from it.)
     """
     monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.01)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a developer's real key stays at home
@@ -211,14 +209,13 @@ def test_candidate_images_are_sent_as_data_urls(fake_openai):
 
 def test_plugir_with_a_chat_model_over_the_api(fake_openai):
     """PlugIR's language-model steps through the OpenAI-compatible client, in a real dialogue."""
-    from lexical import LexicalRetriever
-
     from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
     from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
     from dlgpr.ranking import Gallery
     from dlgpr.dialogue.plugir_llm import ChatPlugIRModel
     from dlgpr.dialogue.questioners import PlugIRQuestioner
     from dlgpr.data.turns import Answer
+    from tests.helpers.lexical import LexicalRetriever
 
     client = ChatClient(ChatAPIConfig(base_url=fake_openai.base_url, model="fake", timeout_s=2.0, max_retries=0))
     lm = ChatPlugIRModel(lambda messages: client.complete(messages).text)

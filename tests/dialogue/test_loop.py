@@ -1,21 +1,16 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from lexical import LexicalRetriever  # noqa: E402
-
-from dlgpr.data.synth.dialogue import answer_sentence  # noqa: E402
-from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
-from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery, run_dialogue  # noqa: E402
-from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner  # noqa: E402
-from dlgpr.data.turns import Answer, Question, Target  # noqa: E402
-from dlgpr.dialogue.types import compose_query  # noqa: E402
-from dlgpr.models.reply_format import format_question, parse_question  # noqa: E402
-from dlgpr.ranking import Gallery  # noqa: E402
+from dlgpr.data.synth.dialogue import answer_sentence
+from dlgpr.data.synth.generate import SynthCitiesConfig, make_world
+from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
+from dlgpr.dialogue.loop import DialogueQuery, run_dialogue
+from dlgpr.dialogue.questioners import OracleTeacherQuestioner, PlugIRQuestioner, RandomQuestioner
+from dlgpr.data.turns import Answer, Question, Target
+from dlgpr.dialogue.types import compose_query
+from dlgpr.models.reply_format import format_question, parse_question
+from dlgpr.ranking import Gallery
+from tests.helpers.lexical import LexicalRetriever
 
 
 def attribute_text(attrs):

@@ -1,7 +1,7 @@
 """DQ-Pilot training modules (SFTModule, GRPOModule) on tiny random Qwen2 / Qwen2.5-VL policies.
 
 Every run goes through a real Lightning ``Trainer`` on CPU in float32 over a tiny dialogue corpus
-written with the corpus writers, on top of a tiny place dataset (tests/conftest.py). What is
+written with the corpus writers, on top of a tiny place dataset (tests/helpers/shards.py). What is
 checked is what training must guarantee: LoRA moves the adapter and never the base, checkpoints
 hold the adapter only, GRPO's log-probs are the sampling policy's, its reference stays frozen,
 bad rewards abort a step without touching the weights, and exports load back to the same model.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,18 +19,13 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dialogue"))
-
-from conftest import make_tiny_dataset  # noqa: E402  (tests/ is on sys.path: rootdir conftest)
-from tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_tokenizer  # noqa: E402
-
-from datamodules.dialogue import CurriculumConfig, DialogueDataModule, TurnExample  # noqa: E402
-from dlgpr.data.reader import iter_records  # noqa: E402
-from dlgpr.data.schema import make_key  # noqa: E402
-from dlgpr.data.shards import read_manifest  # noqa: E402
-from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards  # noqa: E402
-from dlgpr.models.prompting import PromptConfig  # noqa: E402
-from dlgpr.models.questioner import (  # noqa: E402
+from datamodules.dialogue import CurriculumConfig, DialogueDataModule, TurnExample
+from dlgpr.data.reader import iter_records
+from dlgpr.data.schema import make_key
+from dlgpr.data.shards import read_manifest
+from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
+from dlgpr.models.prompting import PromptConfig
+from dlgpr.models.questioner import (
     POLICY_FILE,
     LoRAConfig,
     PolicyConfig,
@@ -40,9 +34,11 @@ from dlgpr.models.questioner import (  # noqa: E402
     load_policy,
     train_corpus_tokenizer,
 )
-from dlgpr.modules.dqpilot import GRPOConfig, GRPOModule, Rollout, SFTModule  # noqa: E402
-from dlgpr.modules.optim import OptimConfig  # noqa: E402
-from dlgpr.rewards import FormatReward, WeightedReward  # noqa: E402
+from dlgpr.modules.dqpilot import GRPOConfig, GRPOModule, Rollout, SFTModule
+from dlgpr.modules.optim import OptimConfig
+from dlgpr.rewards import FormatReward, WeightedReward
+from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_tokenizer
+from tests.helpers.shards import make_tiny_dataset
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)
 NO_WARMUP = OptimConfig(weight_decay=0.0, warmup_steps=0)

@@ -1,7 +1,7 @@
 """DQ-Pilot through ``python -m dlgpr`` (LightningCLI): configs/dqpilot_sft.yaml, then configs/dqpilot_grpo.yaml.
 
 Both stage configs run as written apart from the paths and sizes given on the command line: a
-tiny place dataset (tests/conftest.py), a tiny dialogue corpus over it written with the corpus
+tiny place dataset (tests/helpers/shards.py), a tiny dialogue corpus over it written with the corpus
 writers, its own byte-level tokenizer, a scratch Qwen2 of 32 hidden units, a few steps on CPU.
 GRPO starts from the SFT export and swaps the retrieval-gain reward (it needs a trained
 retriever) for cheap ones through an override YAML, as a user would.
@@ -17,16 +17,16 @@ from typing import Any, Sequence
 import pytest
 import torch
 
-from conftest import make_tiny_dataset  # tests/ is on sys.path: rootdir conftest
 from datamodules.dialogue import CurriculumConfig
 from dlgpr.cli import main
 from dlgpr.data.schema import make_key
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
 from dlgpr.models.prompting import PromptConfig
 from dlgpr.models.questioner import POLICY_FILE, PolicyConfig, is_peft, load_policy, train_corpus_tokenizer
+from tests.helpers.cli_args import sft_args
+from tests.helpers.shards import make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-SFT_CONFIG = ROOT / "configs" / "dqpilot_sft.yaml"
 GRPO_CONFIG = ROOT / "configs" / "dqpilot_grpo.yaml"
 
 
@@ -36,7 +36,7 @@ def _clean_argv(monkeypatch):
 
 
 class LengthReward:
-    """Cheap, deterministic and different across a group of samples (``class_path: test_dqpilot_cli.LengthReward``)."""
+    """Cheap, deterministic and different across a group of samples (``class_path: tests.modules.test_dqpilot_cli.LengthReward``)."""
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
         return [len(c) / 100 for c in completions]
@@ -74,31 +74,6 @@ def write_world(root: Path) -> dict[str, Path]:
     texts = [x for ts in turns.values() for t in ts for x in (t.initial_description, t.think, t.question, t.answer)]
     train_corpus_tokenizer(texts + ["a red building number 3 in Alpha, view 0"], vocab_size=300).save_pretrained(str(corpus / "tokenizer"))
     return {"places": places, "corpus": corpus, "tokenizer": corpus / "tokenizer"}
-
-
-def sft_args(world: dict[str, Path], tmp: Path, *extra: str) -> list[str]:
-    """configs/dqpilot_sft.yaml shrunk to seconds."""
-    return [
-        "--config", str(SFT_CONFIG),
-        "--data.init_args.data_dir", str(world["corpus"]),
-        "--data.init_args.place_data_dir", str(world["places"]),
-        "--data.init_args.batch_size", "2",
-        "--data.init_args.val_batch_size", "2",
-        "--model.init_args.policy.model", str(world["tokenizer"]),
-        "--model.init_args.policy.scratch.hidden_size", "32",
-        "--model.init_args.policy.scratch.num_layers", "1",
-        "--model.init_args.policy.scratch.num_heads", "2",
-        "--model.init_args.policy.scratch.num_kv_heads", "1",
-        "--model.init_args.policy.scratch.intermediate_size", "64",
-        "--model.init_args.prompt.max_prompt_tokens", "512",
-        "--model.init_args.export_dir", str(tmp / "sft_policy"),
-        "--trainer.logger.init_args.save_dir", str(tmp / "logs"),
-        "--trainer.limit_val_batches", "1",
-        "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +148,7 @@ def test_grpo_config_from_the_sft_export_trains_the_adapter_and_exports_it(sft_r
         "      - name: length\n"
         "        weight: 1.0\n"
         "        fn:\n"
-        "          class_path: test_dqpilot_cli.LengthReward\n"
+        "          class_path: tests.modules.test_dqpilot_cli.LengthReward\n"
         "      - name: format\n"
         "        weight: 1.0\n"
         "        fn:\n"

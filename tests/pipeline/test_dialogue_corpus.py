@@ -5,22 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
-from lexical import LexicalRetriever  # noqa: E402
-
-from dlgpr.data.reader import BadSampleLog  # noqa: E402
-from dlgpr.data.schema import PlaceRecord, RecordError, make_key  # noqa: E402
-from dlgpr.data.shards import DeterministicTar  # noqa: E402
-from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence  # noqa: E402
-from dlgpr.data.synth.generate import SynthCitiesConfig, make_world  # noqa: E402
-from dlgpr.data.turns import (  # noqa: E402
+from dlgpr.data.reader import BadSampleLog
+from dlgpr.data.schema import PlaceRecord, RecordError, make_key
+from dlgpr.data.shards import DeterministicTar
+from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
+from dlgpr.data.synth.generate import SynthCitiesConfig, make_world
+from dlgpr.data.turns import (
     DIALOGUE_FORMAT,
     MANIFEST_NAME,
     DialogueTurnRecord,
@@ -30,16 +26,17 @@ from dlgpr.data.turns import (  # noqa: E402
     write_dialogue_manifest,
     write_turn_shards,
 )
-from dlgpr.dialogue.answerers import OracleAnswerer  # noqa: E402
-from dlgpr.dialogue.loop import DialogueQuery  # noqa: E402
-from dlgpr.dialogue.questioners import OracleTeacherQuestioner  # noqa: E402
-from dlgpr.data.turns import Question, Target, Turn  # noqa: E402
-from dlgpr.dialogue.types import compose_query  # noqa: E402
-from dlgpr.metrics import prg as prg_metric  # noqa: E402
-from dlgpr.pipeline.chunks import build_split_turns  # noqa: E402
-from dlgpr.pipeline.ddi_split import split_by_ddi  # noqa: E402
-from dlgpr.pipeline.dialogues import CorpusConfig, compact_candidate_sets, generate_turns  # noqa: E402
-from dlgpr.ranking import Gallery, gallery_positive_ranks  # noqa: E402
+from dlgpr.dialogue.answerers import OracleAnswerer
+from dlgpr.dialogue.loop import DialogueQuery
+from dlgpr.dialogue.questioners import OracleTeacherQuestioner
+from dlgpr.data.turns import Question, Target, Turn
+from dlgpr.dialogue.types import compose_query
+from dlgpr.metrics import prg as prg_metric
+from dlgpr.pipeline.chunks import build_split_turns
+from dlgpr.pipeline.ddi_split import split_by_ddi
+from dlgpr.pipeline.dialogues import CorpusConfig, compact_candidate_sets, generate_turns
+from dlgpr.ranking import Gallery, gallery_positive_ranks
+from tests.helpers.lexical import LexicalRetriever
 
 
 def make_turn(place_id: int = 1, round_: int = 1, prg: float = 0.5, ddi: float = 0.3, **kw) -> DialogueTurnRecord:

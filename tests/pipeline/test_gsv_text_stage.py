@@ -6,20 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
-from openai_server import FakeOpenAIServer, Fault  # noqa: E402
-
-from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities  # noqa: E402
-from dlgpr.dialogue import api as api_module  # noqa: E402
-from dlgpr.dialogue.api import ChatAPIConfig, ChatClient  # noqa: E402
-from dlgpr.pipeline.gsv import PLACE_ID_STRIDE, SplitConfig, export_gsv_folder, parse_image_name, scan_gsv_cities  # noqa: E402
-from dlgpr.pipeline.store import ItemStore  # noqa: E402
-from dlgpr.pipeline.text import (  # noqa: E402
+from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities
+from dlgpr.dialogue import api as api_module
+from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
+from dlgpr.pipeline.gsv import PLACE_ID_STRIDE, SplitConfig, export_gsv_folder, parse_image_name, scan_gsv_cities
+from dlgpr.pipeline.store import ItemStore
+from dlgpr.pipeline.text import (
     PromptFile,
     RetryPolicy,
     StageAborted,
@@ -28,6 +24,7 @@ from dlgpr.pipeline.text import (  # noqa: E402
     complete_with_retries,
     parse_texts,
 )
+from dlgpr.testing.openai_server import FakeOpenAIServer, Fault
 
 DESCRIPTION = " ".join(["A red brick bank with green awnings stands on the corner."] * 4)
 

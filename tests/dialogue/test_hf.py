@@ -1,24 +1,19 @@
-"""HFQuestioner on tiny random models built offline (tiny_models.py): batching, parsing, prompts, VLM path."""
+"""HFQuestioner on tiny random models built offline (dlgpr.testing.tiny_models): batching, parsing, prompts, VLM path."""
 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer  # noqa: E402
-
-from dlgpr.dialogue import hf  # noqa: E402
-from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf  # noqa: E402
-from dlgpr.data.turns import Candidate, QuestionRequest  # noqa: E402
-from dlgpr.dialogue.types import Questioner  # noqa: E402
+from dlgpr.dialogue import hf
+from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_gguf
+from dlgpr.data.turns import Candidate, QuestionRequest
+from dlgpr.dialogue.types import Questioner
+from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer
 
 
 def make_config(**overrides: Any) -> HFQuestionerConfig:

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
-from tiny_models import CORPUS, tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer  # noqa: E402
-
-from conftest import WORDS, make_tiny_dataset  # noqa: E402
-from datamodules.dialogue import IGNORE_INDEX, CurriculumConfig, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample  # noqa: E402
-from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards  # noqa: E402
-from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig  # noqa: E402
-from dlgpr.data.turns import QuestionRequest, Target  # noqa: E402
-from dlgpr.models.reply_format import format_question  # noqa: E402
-from dlgpr.models.prompting import PromptConfig, questioner_messages  # noqa: E402
-from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer  # noqa: E402
+from datamodules.dialogue import IGNORE_INDEX, CurriculumConfig, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample
+from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards
+from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
+from dlgpr.data.turns import QuestionRequest, Target
+from dlgpr.models.reply_format import format_question
+from dlgpr.models.prompting import PromptConfig, questioner_messages
+from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer
+from dlgpr.testing.tiny_models import CORPUS, tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer
+from tests.helpers.shards import WORDS, make_tiny_dataset
 
 # ---- the curriculum sampler -------------------------------------------------------------------------
 

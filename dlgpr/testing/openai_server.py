@@ -1,4 +1,4 @@
-"""A rule-based OpenAI-compatible chat-completions server for tests, with fault injection.
+"""A rule-based OpenAI-compatible chat-completions server for tests and benchmarks, with fault injection.
 
 It answers ``POST /v1/chat/completions`` like a real server would (a ``chat.completion`` JSON
 with choices, finish_reason and usage), so the real ``openai`` client, its retries and its

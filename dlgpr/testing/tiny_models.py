@@ -1,10 +1,9 @@
-"""Tiny random Hugging Face models and locally built tokenizers/processors for CPU tests.
+"""Tiny random Hugging Face models and locally built tokenizers/processors for CPU tests and benchmarks.
 
 Nothing here touches the Hugging Face hub: tokenizers are byte-level BPE models trained in
 memory on a few sentences (byte-level, so any text round-trips exactly through encode/decode,
 which the format-parsing tests rely on), models are built from small configs with random
-weights. A helper module, not a test file: the questioner, SFT and GRPO tests import it with
-``sys.path.insert(0, str(Path(__file__).parent))``.
+weights. The questioner, SFT and GRPO tests and scripts/bench_grpo.py use them.
 """
 
 from __future__ import annotations

@@ -19,24 +19,20 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "dialogue"))
-sys.path.insert(0, str(Path(__file__).parents[1] / "modules"))
-from openai_server import FakeOpenAIServer, Fault, image_sha256s, message_text  # noqa: E402
-from test_cli import tiny_args  # noqa: E402  (configs/cmpl.yaml shrunk to seconds)
-from test_dqpilot_cli import sft_args  # noqa: E402  (configs/dqpilot_sft.yaml shrunk to seconds)
-
-from dlgpr.cli import main  # noqa: E402
-from dlgpr.data.reader import iter_records  # noqa: E402
-from dlgpr.data.shards import iter_tar_members, read_manifest  # noqa: E402
-from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities  # noqa: E402
-from dlgpr.data.turns import read_turns  # noqa: E402
-from dlgpr.dialogue.api import ChatAPIConfig  # noqa: E402
-from dlgpr.pipeline.dialogues import CorpusConfig  # noqa: E402
-from dlgpr.pipeline.dqcities import DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary  # noqa: E402
-from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder  # noqa: E402
-from dlgpr.pipeline.grounding import GroundingConfig  # noqa: E402
-from dlgpr.pipeline.store import ItemStore  # noqa: E402
-from dlgpr.pipeline.text import RetryPolicy, TextExpansionConfig  # noqa: E402
+from dlgpr.cli import main
+from dlgpr.data.reader import iter_records
+from dlgpr.data.shards import iter_tar_members, read_manifest
+from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities
+from dlgpr.data.turns import read_turns
+from dlgpr.dialogue.api import ChatAPIConfig
+from dlgpr.pipeline.dialogues import CorpusConfig
+from dlgpr.pipeline.dqcities import DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary
+from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder
+from dlgpr.pipeline.grounding import GroundingConfig
+from dlgpr.pipeline.store import ItemStore
+from dlgpr.pipeline.text import RetryPolicy, TextExpansionConfig
+from dlgpr.testing.openai_server import FakeOpenAIServer, Fault, image_sha256s, message_text
+from tests.helpers.cli_args import sft_args, tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT_MARKER = "street-view place-recognition dataset"  # in the system prompt of text_expansion_v1

@@ -1,5 +1,6 @@
-"""Run by test_cmpl_module.py under 2 gloo processes: each rank computes CMPL's loss on its half
-of one fixed batch and writes it (and one gradient) to <out>/rank<r>.pt."""
+"""Run by tests/modules/test_cmpl.py under 2 gloo processes (``python -m tests.helpers.ddp_loss_probe
+<out>``): each rank computes CMPL's loss on its half of one fixed batch and writes it (and one gradient)
+to <out>/rank<r>.pt."""
 
 import sys
 from pathlib import Path
@@ -8,10 +9,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cmpl_module import fixed_batch, tiny_module  # noqa: E402
-
-from dlgpr.modules.cmpl import CMPLModule  # noqa: E402
+from dlgpr.modules.cmpl import CMPLModule
+from tests.helpers.cmpl import fixed_batch, tiny_module
 
 
 class Probe(CMPLModule):

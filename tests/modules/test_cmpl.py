@@ -4,30 +4,14 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from conftest import make_tiny_dataset
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.losses import CMPLLoss
 from dlgpr.models.clip_backbone import ClipBackboneConfig
 from dlgpr.models.cmpl import CMPLConfig
 from dlgpr.modules.cmpl import CMPLModule
 from dlgpr.retrieval import ModuleTextRetriever, load_retriever
-
-
-def tiny_module(**kw) -> CMPLModule:
-    torch.manual_seed(0)
-    return CMPLModule(
-        backbone=ClipBackboneConfig(image_size=32, context_length=24, long_text_length=40),
-        cmpl=CMPLConfig(taps=[2, 4], num_queries=4, local_dim=32),
-        logit_scale=14.29, learnable_logit_scale=True, **kw,
-    )
-
-
-def fixed_batch() -> dict:
-    g = torch.Generator().manual_seed(1)
-    tok = tiny_module().preprocessing().tokenizer
-    texts = ["red brick bank", "red brick bank, green awning", "yellow house", "yellow house, blue door",
-             "grey tower", "grey tower with a clock", "white shop", "white shop, striped awning"]
-    return {"image": torch.randn(8, 3, 32, 32, generator=g), "tokens": tok(texts), "place_id": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+from tests.helpers.cmpl import fixed_batch, tiny_module
+from tests.helpers.shards import make_tiny_dataset
 
 
 def test_ddp_losses_see_the_global_batch(tmp_path):
@@ -38,9 +22,9 @@ def test_ddp_losses_see_the_global_batch(tmp_path):
     import sys
     from pathlib import Path
 
-    probe = Path(__file__).with_name("ddp_loss_probe.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    root = Path(__file__).resolve().parents[2]  # the probe imports tests.helpers: the repository root goes on the path
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "tests.helpers.ddp_loss_probe", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     m = tiny_module()

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from dlgpr.metrics import bri, paired_bootstrap_interval, per_query_bri, sign_test
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script():

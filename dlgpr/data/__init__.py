@@ -1,0 +1,2 @@
+"""Data: the place-record schema, shard writer and reader, streaming datasets, dialogue records, and
+the SynthCities generator (``synth``)."""
