@@ -91,6 +91,7 @@ _COUNTRIES = (("XA", "Valdoria"), ("XB", "Ostmark"), ("XC", "Brenland"), ("XD", 
 _COUNTRY_MIN_KM = 1100.0
 _CITY_RING_KM = (40.0, 75.0)
 _CITY_MIN_KM = 40.0
+_CONTINENT_KM = 1000.0
 #: Most cities per country that fit the ring with these gaps (checked by the config).
 MAX_CITIES_PER_COUNTRY = 6
 _EARTH_RADIUS_KM = 6371.0088
@@ -187,8 +188,8 @@ def _destination(lat: float, lon: float, bearing_deg: float, km: float) -> tuple
 def place_countries(cities: Sequence[City], num_countries: int, seed: int) -> tuple[tuple[City, ...], tuple[Country, ...]]:
     """Group ``cities`` (in order, equal shares) into ``num_countries`` countries and move them.
 
-    Country centres are drawn uniformly on the sphere between 50 S and 60 N, redrawn until at
-    least ``_COUNTRY_MIN_KM`` from every earlier centre; each city is put ``_CITY_RING_KM`` from
+    Country centres are drawn uniformly in one continent (a disc of radius ``_CONTINENT_KM * (1 +
+    sqrt(num_countries))`` around a random point), redrawn until at least ``_COUNTRY_MIN_KM`` from every earlier centre; each city is put ``_CITY_RING_KM`` from
     its centre in a random direction, redrawn until at least ``_CITY_MIN_KM`` from its country's
     other cities. The draws come from their own generators, so the cities' style priors (and
     every other draw of the world) are those of the same world without countries.
@@ -198,12 +199,15 @@ def place_countries(cities: Sequence[City], num_countries: int, seed: int) -> tu
         raise ValueError(f"countries={num_countries} must divide {len(cities)} cities into at most "
                          f"{MAX_CITIES_PER_COUNTRY} each, with at most {len(_COUNTRIES)} countries")
     centre_rng = seeded_rng(seed, "countries")
+    # One continent: neighbouring countries are 1,100 to a few thousand km apart, so 2,500 km
+    # separates some of them and not others, as on Earth.
+    mid_lat, mid_lon = centre_rng.uniform(-30.0, 40.0), centre_rng.uniform(-180.0, 180.0)
+    radius = _CONTINENT_KM * (1.0 + math.sqrt(num_countries))
     centres: list[tuple[float, float]] = []
     for _ in range(num_countries):
         for _attempt in range(10_000):
-            # Uniform on the sphere in the band: uniform in sin(latitude).
-            lat = math.degrees(math.asin(centre_rng.uniform(math.sin(math.radians(-50.0)), math.sin(math.radians(60.0)))))
-            lon = centre_rng.uniform(-180.0, 180.0)
+            # Uniform in the continent's disc.
+            lat, lon = _destination(mid_lat, mid_lon, centre_rng.uniform(0.0, 360.0), radius * math.sqrt(centre_rng.random()))
             if all(_km(lat, lon, a, b) >= _COUNTRY_MIN_KM for a, b in centres):
                 break
         else:
