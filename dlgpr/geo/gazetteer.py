@@ -383,6 +383,13 @@ class GeoNamesGazetteer(TableGazetteer):
 
 # -- the SynthCities world -------------------------------------------------------------------
 
+def _world_country(city: Mapping[str, Any], codes: Mapping[str, str], names: Mapping[str, str]) -> str:
+    """A world city's country code from its ``country`` entry, which may be the code (what the
+    geo world writes) or the name; ``""`` when absent or unknown."""
+    country = str(city.get("country", ""))
+    return country if country in codes else names.get(country, "")
+
+
 class WorldGazetteer(TableGazetteer):
     """The cities and countries of a SynthCities world, read from its manifest's ``extra``.
 
@@ -409,7 +416,7 @@ class WorldGazetteer(TableGazetteer):
             table = CityTable(name=[str(c["name"]) for c in cities],
                               lat=np.array([float(c["lat"]) for c in cities]),
                               lon=np.array([float(c["lon"]) for c in cities]),
-                              country_code=[names.get(str(c.get("country", "")), "") for c in cities],
+                              country_code=[_world_country(c, countries, names) for c in cities],
                               population=np.ones(len(cities)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"manifest extra.cities: malformed entry ({exc})") from None

@@ -43,3 +43,12 @@ def test_malformed_manifest_names_the_field() -> None:
         WorldGazetteer.from_manifest({"cities": []})
     with pytest.raises(ValueError, match="extra.cities"):
         WorldGazetteer.from_manifest({"cities": [{"name": "X"}]})
+
+
+def test_city_country_given_as_code() -> None:
+    # the geo world writes the country's code in extra.cities[].country
+    extra = {**GEO_EXTRA, "cities": [{**c, "country": {"Valdoria": "C0", "Ostmark": "C1"}[c["country"]]} for c in GEO_EXTRA["cities"]]}
+    g = WorldGazetteer.from_manifest(extra)
+    r = g.reverse(10.49, 20.31)
+    assert r.city == "Borgo" and r.country == "Valdoria" and r.country_code == "C0"
+    assert g.lookup("Caldera, Ostmark").level == "city"  # type: ignore[union-attr]

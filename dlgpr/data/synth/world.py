@@ -14,6 +14,7 @@ unlike the salted built-in ``hash()``), so results do not depend on process or d
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -78,6 +79,22 @@ _DIRICHLET_ALPHA = 0.4
 _UNIFORM_MIX = 0.2
 #: Standard deviation (degrees) of place coordinates around their city centre (about 2 km).
 _COORD_SIGMA_DEG = 0.02
+#: Fictional countries of the geo world (``countries > 0``): ISO 3166 user-assigned codes (``X?``,
+#: never a real country) and names that are neither real countries nor city names.
+_COUNTRIES = (("XA", "Valdoria"), ("XB", "Ostmark"), ("XC", "Brenland"), ("XD", "Corvinia"),
+              ("XE", "Drassia"), ("XF", "Elvania"), ("XG", "Farrowmark"), ("XH", "Gilmora"),
+              ("XI", "Hestria"), ("XJ", "Islandra"), ("XL", "Jastovia"), ("XM", "Korvath"))
+#: Geo world scales (km): country centres at least ``_COUNTRY_MIN_KM`` apart, so cities of different
+#: countries are > 750 km apart; a city ``_CITY_RING_KM`` from its country's centre and at least
+#: ``_CITY_MIN_KM`` from the other cities of its country (so at most 150 km from them), so 25 km
+#: needs the city and 750 km the country, as on Earth.
+_COUNTRY_MIN_KM = 1100.0
+_CITY_RING_KM = (40.0, 75.0)
+_CITY_MIN_KM = 40.0
+_CONTINENT_KM = 1000.0
+#: Most cities per country that fit the ring with these gaps (checked by the config).
+MAX_CITIES_PER_COUNTRY = 6
+_EARTH_RADIUS_KM = 6371.0088
 #: Global place id = city_index * PLACE_ID_STRIDE + place_in_city (GSV-Cities convention).
 PLACE_ID_STRIDE = 10**5
 
@@ -110,9 +127,26 @@ class Place:
 
 
 @dataclass(frozen=True)
+class Country:
+    """A country of the geo world: a fictional code and name, a centre, and its cities' indices."""
+
+    code: str
+    name: str
+    lat: float
+    lon: float
+    cities: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class World:
     cities: tuple[City, ...]
     places: tuple[Place, ...]  # ordered by (city_index, place_in_city)
+    #: Empty unless the world was built with ``countries > 0`` (the geo world).
+    countries: tuple[Country, ...] = ()
+
+    def country_of(self, city_index: int) -> Country | None:
+        """The country of a city (by global index), or ``None`` in a world without countries."""
+        return next((c for c in self.countries if city_index in c.cities), None)
 
 
 def city_names(num_cities: int) -> list[str]:
@@ -130,6 +164,73 @@ def city_names(num_cities: int) -> list[str]:
 
 def max_cities() -> int:
     return len(_CITY_NAMES) + len(_NAME_HEADS) * len(_NAME_TAILS)
+
+
+def max_countries() -> int:
+    return len(_COUNTRIES)
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km (haversine; the same Earth radius as ``dlgpr.geo.distance``)."""
+    p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _destination(lat: float, lon: float, bearing_deg: float, km: float) -> tuple[float, float]:
+    """The point ``km`` away from ``(lat, lon)`` along the initial bearing (great circle)."""
+    p1, l1, b, d = math.radians(lat), math.radians(lon), math.radians(bearing_deg), km / _EARTH_RADIUS_KM
+    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
+    l2 = l1 + math.atan2(math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2))
+    return math.degrees(p2), (math.degrees(l2) + 180.0) % 360.0 - 180.0
+
+
+def place_countries(cities: Sequence[City], num_countries: int, seed: int) -> tuple[tuple[City, ...], tuple[Country, ...]]:
+    """Group ``cities`` (in order, equal shares) into ``num_countries`` countries and move them.
+
+    Country centres are drawn uniformly in one continent (a disc of radius ``_CONTINENT_KM * (1 +
+    sqrt(num_countries))`` around a random point), redrawn until at least ``_COUNTRY_MIN_KM`` from every earlier centre; each city is put ``_CITY_RING_KM`` from
+    its centre in a random direction, redrawn until at least ``_CITY_MIN_KM`` from its country's
+    other cities. The draws come from their own generators, so the cities' style priors (and
+    every other draw of the world) are those of the same world without countries.
+    """
+    per = len(cities) // num_countries
+    if num_countries < 1 or per * num_countries != len(cities) or per > MAX_CITIES_PER_COUNTRY or num_countries > len(_COUNTRIES):
+        raise ValueError(f"countries={num_countries} must divide {len(cities)} cities into at most "
+                         f"{MAX_CITIES_PER_COUNTRY} each, with at most {len(_COUNTRIES)} countries")
+    centre_rng = seeded_rng(seed, "countries")
+    # One continent: neighbouring countries are 1,100 to a few thousand km apart, so 2,500 km
+    # separates some of them and not others, as on Earth.
+    mid_lat, mid_lon = centre_rng.uniform(-30.0, 40.0), centre_rng.uniform(-180.0, 180.0)
+    radius = _CONTINENT_KM * (1.0 + math.sqrt(num_countries))
+    centres: list[tuple[float, float]] = []
+    for _ in range(num_countries):
+        for _attempt in range(10_000):
+            # Uniform in the continent's disc.
+            lat, lon = _destination(mid_lat, mid_lon, centre_rng.uniform(0.0, 360.0), radius * math.sqrt(centre_rng.random()))
+            if all(_km(lat, lon, a, b) >= _COUNTRY_MIN_KM for a, b in centres):
+                break
+        else:
+            raise RuntimeError(f"could not place {num_countries} countries {_COUNTRY_MIN_KM} km apart")
+        centres.append((round(lat, 4), round(lon, 4)))
+    moved: list[City] = []
+    countries: list[Country] = []
+    for k, (clat, clon) in enumerate(centres):
+        rng = seeded_rng(seed, "country-cities", k)
+        members: list[City] = []
+        for city in cities[k * per:(k + 1) * per]:
+            for _attempt in range(10_000):
+                lat, lon = _destination(clat, clon, rng.uniform(0.0, 360.0), rng.uniform(*_CITY_RING_KM))
+                lat, lon = round(lat, 4), round(lon, 4)
+                if all(_km(lat, lon, c.lat, c.lon) >= _CITY_MIN_KM for c in members):
+                    break
+            else:
+                raise RuntimeError(f"could not place {per} cities {_CITY_MIN_KM} km apart in one country")
+            members.append(City(index=city.index, name=city.name, lat=lat, lon=lon, style=city.style))
+        moved += members
+        code, name = _COUNTRIES[k]
+        countries.append(Country(code=code, name=name, lat=clat, lon=clon, cities=tuple(c.index for c in members)))
+    return tuple(moved), tuple(countries)
 
 
 def _dirichlet(rng: random.Random, k: int, alpha: float) -> list[float]:
@@ -194,7 +295,7 @@ def assign_splits(n: int, fractions: Sequence[float], rng: random.Random) -> lis
 
 
 def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence[float], seed: int,
-                first_city: int = 0) -> World:
+                first_city: int = 0, countries: int = 0) -> World:
     """All cities and places, deterministic in the arguments.
 
     The cities are entries ``first_city .. first_city + num_cities - 1`` of the city list (names,
@@ -203,6 +304,11 @@ def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence
     No two places share the full attribute dict: a collision is redrawn from the same place's
     generator, so the outcome is still a function of the seed alone. The split is by place,
     stratified per city.
+
+    With ``countries > 0`` the cities are grouped into that many fictional countries and moved
+    around their centres (:func:`place_countries`); places keep their scatter (about 2 km) around
+    their city. With ``countries == 0`` nothing of this is drawn: the world is the one built
+    before countries existed.
     """
     if num_cities < 1 or places_per_city < 1:
         raise ValueError("num_cities and places_per_city must be >= 1")
@@ -212,6 +318,9 @@ def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence
         raise ValueError(f"places_per_city must be < {PLACE_ID_STRIDE} (global ids are city * {PLACE_ID_STRIDE} + place)")
     names = city_names(first_city + num_cities)
     cities = tuple(_make_city(i, names[i], seed) for i in range(first_city, first_city + num_cities))
+    country_list: tuple[Country, ...] = ()
+    if countries:
+        cities, country_list = place_countries(cities, countries, seed)
     seen: set[str] = set()
     places: list[Place] = []
     for city in cities:
@@ -227,4 +336,4 @@ def build_world(num_cities: int, places_per_city: int, split_fractions: Sequence
             lon = (city.lon + rng.gauss(0.0, _COORD_SIGMA_DEG) + 180.0) % 360.0 - 180.0
             places.append(Place(place_id=place_id, city=city.name, city_index=city.index, place_in_city=k,
                                 lat=round(lat, 6), lon=round(lon, 6), split=splits[k], attributes=attrs))
-    return World(cities=cities, places=tuple(places))
+    return World(cities=cities, places=tuple(places), countries=country_list)
