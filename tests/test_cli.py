@@ -21,6 +21,7 @@ ABLATION_CONFIGS = [c for c in CONFIGS if c.parent.name == "ablation"]
 OVERRIDE_CONFIGS = [c for c in CONFIGS if c.parent.name == "overrides"]
 BUILD_CONFIGS = [c for c in CONFIGS if c.parent.name == "build"]
 PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]
+WORLD_CONFIGS = [c for c in CONFIGS if c.parent.name == "world"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +30,23 @@ def _clean_argv(monkeypatch):
 
 
 def test_configs_are_all_covered():
-    covered = set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) | set(OVERRIDE_CONFIGS) | set(BUILD_CONFIGS) | set(PRETRAIN_CONFIGS)
+    covered = set(TRAIN_CONFIGS) | set(EVAL_CONFIGS) | set(ABLATION_CONFIGS) | set(OVERRIDE_CONFIGS) | set(BUILD_CONFIGS) | set(PRETRAIN_CONFIGS) | set(WORLD_CONFIGS)
     assert covered == set(CONFIGS)
-    assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS and PRETRAIN_CONFIGS
+    assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS and PRETRAIN_CONFIGS and WORLD_CONFIGS
+
+
+@pytest.mark.parametrize("config", WORLD_CONFIGS, ids=[c.stem for c in WORLD_CONFIGS])
+def test_world_configs_are_valid_synthcities_settings(config):
+    """A world preset holds SynthCitiesConfig fields only, with values the config accepts."""
+    import dataclasses
+
+    import yaml
+
+    from dlgpr.data.synth.generate import SynthCitiesConfig
+
+    settings = yaml.safe_load(config.read_text())
+    assert set(settings) <= {f.name for f in dataclasses.fields(SynthCitiesConfig)}
+    SynthCitiesConfig(**settings)  # validates every field
     assert {c.stem for c in ABLATION_CONFIGS} == {"clip77", "baseline", "token_selection", "hsdm", "hi", "full"}
 
 
