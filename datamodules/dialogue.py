@@ -39,10 +39,9 @@ from dlgpr.data.reader import BadSampleLog, iter_records
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.streaming import distributed_context
-from dlgpr.data.turns import DialogueTurnRecord, read_turns
-from dlgpr.data.turns import Candidate, QuestionRequest, Target, Turn
-from dlgpr.models.reply_format import format_question
+from dlgpr.data.turns import Candidate, DialogueTurnRecord, QuestionRequest, Target, Turn, read_turns
 from dlgpr.models.prompting import TOKEN_ALIGNED_KEYS, PromptConfig, PromptEncoder
+from dlgpr.models.reply_format import format_question
 
 log = logging.getLogger("dlgpr.data")
 

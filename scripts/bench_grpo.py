@@ -54,8 +54,7 @@ from typing import Any, Sequence
 import torch
 
 from datamodules.dialogue import TurnExample
-from dlgpr.data.turns import DialogueTurnRecord
-from dlgpr.data.turns import Target
+from dlgpr.data.turns import DialogueTurnRecord, Target
 from dlgpr.models.prompting import flatten_text, questioner_messages
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig
 from dlgpr.rewards import FormatReward, WeightedReward

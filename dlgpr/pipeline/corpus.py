@@ -23,9 +23,8 @@ import torch
 from dlgpr.data.reader import iter_records
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import read_manifest
-from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
+from dlgpr.data.turns import Candidate, DialogueTurnRecord, QuestionRequest, Turn, write_dialogue_manifest, write_turn_shards
 from dlgpr.dialogue.prompts import PROMPT_VERSION
-from dlgpr.data.turns import Candidate, QuestionRequest, Turn
 from dlgpr.dialogue.types import Answerer, Questioner, RecordsUser
 from dlgpr.models.reply_format import format_question
 from dlgpr.models.prompting import flatten_text, questioner_messages

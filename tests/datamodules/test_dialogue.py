@@ -8,9 +8,8 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from datamodules.dialogue import IGNORE_INDEX, CurriculumConfig, CurriculumSampler, DialogueDataModule, SFTCollator, TurnExample
-from dlgpr.data.turns import DialogueTurnRecord, turn_key, write_dialogue_manifest, write_turn_shards
+from dlgpr.data.turns import DialogueTurnRecord, QuestionRequest, Target, turn_key, write_dialogue_manifest, write_turn_shards
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
-from dlgpr.data.turns import QuestionRequest, Target
 from dlgpr.models.reply_format import format_question
 from dlgpr.models.prompting import PromptConfig, questioner_messages
 from dlgpr.models.questioner import FORMAT_TAGS, train_corpus_tokenizer
