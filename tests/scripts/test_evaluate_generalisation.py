@@ -10,9 +10,18 @@ import pytest
 from dlgpr.cli import main as dlgpr_main
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("evaluate_generalisation", ROOT / "scripts" / "evaluate_generalisation.py")
-generalisation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generalisation)
+
+
+def _script(name: str):
+    """A script of scripts/ loaded as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generalisation = _script("evaluate_generalisation")
+query_shapes = _script("query_shapes")
 
 WORLD = ["--{w}.num_cities", "1", "--{w}.places_per_city", "10", "--{w}.views_per_place", "2", "--{w}.image_size", "32",
          "--{w}.split_fractions", "[0.4,0.3,0.3]", "--{w}.num_workers", "0"]
@@ -76,9 +85,6 @@ def test_home_and_other_world_tables_and_retention(fitted, tmp_path):
 
 
 def test_query_shapes_reads_every_shape_and_records_it(fitted, tmp_path):
-    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
-    query_shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(query_shapes)
     ckpt, home_dir = fitted
     out = tmp_path / "shapes.json"
     table = query_shapes.main(["--ckpt", ckpt, "--data_dir", str(home_dir), "--split", "val", "--sentences", "2", "--answers", "3",
@@ -103,9 +109,6 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
     from dlgpr.ranking import rank_of_place
     from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
-    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
-    query_shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(query_shapes)
     ckpt, home_dir = fitted
     out = tmp_path / "shapes.json"
     query_shapes.main(["--ckpt", ckpt, "--data_dir", str(home_dir), "--split", "val", "--sentences", "--answers", "--per_slot", "--json", str(out)])
@@ -135,9 +138,6 @@ def test_query_shapes_per_slot_rows_match_a_direct_ranking(fitted, tmp_path):
 def test_linear_probe_separates_what_is_separable_and_falls_back_to_one_class():
     import torch
 
-    spec = importlib.util.spec_from_file_location("query_shapes", ROOT / "scripts" / "query_shapes.py")
-    query_shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(query_shapes)
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 8, generator=g) * 4
     labels = [["red", "blue", "grey"][i % 3] for i in range(300)]
