@@ -196,6 +196,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".JPG", ".JPEG", ".PNG")
 _MISSING_TEXT = {"", "nan", "none", "null"}
 
 
+def _check_column_fields(columns: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(columns) - set(COLUMN_ALIASES))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} (known: {', '.join(COLUMN_ALIASES)})")
+
+
 def find_columns(header: Sequence[str], where: str, columns: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """``field -> header name`` for ``id``, ``lat``, ``lon`` and, when present, ``city``, ``country``.
 
@@ -204,9 +210,7 @@ def find_columns(header: Sequence[str], where: str, columns: Mapping[str, str | 
     A missing ``id`` / ``lat`` / ``lon`` column is a one-line ``ValueError`` naming ``where``.
     """
     columns = dict(columns or {})
-    unknown = sorted(set(columns) - set(COLUMN_ALIASES))
-    if unknown:
-        raise ValueError(f"{where}: unknown column field(s) {unknown} (known: {', '.join(COLUMN_ALIASES)})")
+    _check_column_fields(columns, f"{where}: columns")
     names = [h.strip() for h in header]
     lowered = {}
     for h in names:
@@ -473,9 +477,7 @@ class GeoDatasetConfig:
         if self.columns is not None:
             if not isinstance(self.columns, Mapping):
                 raise ValueError(f"GeoDatasetConfig.columns must map fields to column names, got {self.columns!r}")
-            unknown = sorted(set(self.columns) - set(COLUMN_ALIASES))
-            if unknown:
-                raise ValueError(f"GeoDatasetConfig.columns: unknown field(s) {unknown} (known: {', '.join(COLUMN_ALIASES)})")
+            _check_column_fields(self.columns, "GeoDatasetConfig.columns")
         if self.kind in ("synthcities", "gsv_cities"):
             given = [f for f in ("csv", "images", "columns") if getattr(self, f)]
             if given:
