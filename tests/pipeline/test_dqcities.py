@@ -22,17 +22,17 @@ import yaml
 from dlgpr.cli import main
 from dlgpr.data.reader import iter_records
 from dlgpr.data.shards import iter_tar_members, read_manifest
-from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities
 from dlgpr.data.turns import read_turns
 from dlgpr.dialogue.api import ChatAPIConfig
 from dlgpr.pipeline.dialogues import CorpusConfig
 from dlgpr.pipeline.dqcities import DialoguesConfig, DQCitiesBuildConfig, RegionsConfig, TeacherConfig, build_dqcities, format_summary
-from dlgpr.pipeline.gsv import SplitConfig, export_gsv_folder
+from dlgpr.pipeline.gsv import SplitConfig
 from dlgpr.pipeline.grounding import GroundingConfig
 from dlgpr.pipeline.store import ItemStore
 from dlgpr.pipeline.text import RetryPolicy, TextExpansionConfig
 from dlgpr.testing.openai_server import FakeOpenAIServer, Fault, image_sha256s, message_text
 from tests.helpers.cli_args import sft_args, tiny_args
+from tests.helpers.gsv import make_gsv_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT_MARKER = "street-view place-recognition dataset"  # in the system prompt of text_expansion_v1
@@ -54,10 +54,7 @@ class World:
     """A GSV-Cities folder made from SynthCities, and the replies a VLM would give for its images."""
 
     def __init__(self, root: Path, cities: int = 3, places: int = 5) -> None:
-        generate_synthcities(SynthCitiesConfig(num_cities=cities, places_per_city=places, views_per_place=2, image_size=96, num_workers=0),
-                             root / "synth")
-        self.gsv = root / "gsv"
-        self.written = export_gsv_folder(root / "synth", self.gsv)
+        self.gsv, self.written = make_gsv_folder(root, cities=cities, places=places, views=2, image_size=96)
         self.by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): self.written[p.name] for p in self.gsv.rglob("*.jpg")}
         self.cities = sorted({r.city for r in self.written.values()})
         self.keys = {r.key for r in self.written.values()}

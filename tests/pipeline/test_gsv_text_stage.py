@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dlgpr.data.synth.generate import SynthCitiesConfig, generate_synthcities
 from dlgpr.dialogue import api as api_module
 from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
 from dlgpr.pipeline.gsv import PLACE_ID_STRIDE, SplitConfig, export_gsv_folder, parse_image_name, scan_gsv_cities
@@ -25,16 +24,14 @@ from dlgpr.pipeline.text import (
     parse_texts,
 )
 from dlgpr.testing.openai_server import FakeOpenAIServer, Fault
+from tests.helpers.gsv import make_gsv_folder
 
 DESCRIPTION = " ".join(["A red brick bank with green awnings stands on the corner."] * 4)
 
 
 @pytest.fixture(scope="module")
 def gsv(tmp_path_factory) -> tuple[Path, dict]:
-    tmp = tmp_path_factory.mktemp("gsv")
-    generate_synthcities(SynthCitiesConfig(num_cities=3, places_per_city=4, views_per_place=2, image_size=64, num_workers=0), tmp / "synth")
-    written = export_gsv_folder(tmp / "synth", tmp / "gsv")
-    return tmp / "gsv", written
+    return make_gsv_folder(tmp_path_factory.mktemp("gsv"))
 
 
 # ---- the scan ------------------------------------------------------------------------------------
