@@ -421,9 +421,11 @@ class WorldGeoTeacher:
         strong = named[:2]
         for element in strong:
             phrase = _phrase(element, attrs, article="the")
-            parts.append(rng.choice((f"{phrase[0].upper() + phrase[1:]} is typical of {city}.",
-                                     f"{phrase[0].upper() + phrase[1:]} fits the way {city} builds.",
-                                     f"{phrase[0].upper() + phrase[1:]} points to {city}.")))
+            phrase = phrase[0].upper() + phrase[1:]
+            plural = phrase.endswith("s") and not phrase.endswith("ss")
+            parts.append(rng.choice((f"{phrase} {'are' if plural else 'is'} typical of {city}.",
+                                     f"{phrase} {'are' if plural else 'is'} common in {city}.",
+                                     f"{phrase} {'point' if plural else 'points'} to {city}.")))
         parts.append(rng.choice((f"Taken together, this is most likely {city}, in {country}.",
                                  f"My best guess is {city}, {country}.",
                                  f"All of this suggests {city} in {country}.")))

@@ -218,6 +218,7 @@ around against among from to for next atop underneath through upon via
 and or nor plus but
 is are was were be been being has have had do does did can could may might must should would will
 which who whose where what there here also very quite rather
+none nothing something anything everything
 reading reads read saying says say showing shows bearing labelled labeled marked written displaying featuring
 containing carrying spelling
 """.split())
@@ -239,7 +240,9 @@ carrying spelling
 #: names), and the words of reasoning about style and evidence ("the architecture", "this
 #: style", "the colour palette", "a strong clue"; "point" also because spaCy reads "boxes point
 #: to Lunetta" as one noun phrase headed by "point"). City and country names are handled apart
-#: (:func:`reasoning_entities`). Words naming a position or the picture are the extractor's
+#: (:func:`reasoning_entities`), also at the end of a phrase ("most likely Lunetta"). The words
+#: of a text about a photo ("this street view", "the scene", "the way it is built") name no
+#: thing in it either. Words naming a position or the picture are the extractor's
 #: :data:`~dlgpr.pipeline.phrases.NON_OBJECT_HEADS`, which also apply.
 NON_ENTITY_WORDS: frozenset[str] = frozenset("""
 city town village country region area place location neighbourhood neighborhood district quarter province state
@@ -249,6 +252,7 @@ style design feature element detail clue hint evidence indication indicator char
 presence appearance look aesthetic character atmosphere vibe culture tradition influence heritage history climate
 color colour palette hue shade tone material shape pattern layout setting context environment surroundings
 landscape example reason guess answer conclusion confidence possibility likelihood choice preference trend norm point
+way view photo photograph image picture scene shot thing kind sort type part lot
 """.split())
 
 #: Spellings compared as one word.
@@ -352,8 +356,8 @@ _POSITION_WORDS = frozenset("upper lower far near central whole entire other sam
 
 
 def _is_entity(segment: _Segment, place_names: frozenset[str]) -> bool:
-    if segment.raw in place_names:
-        return False  # "Lunetta", "the Corvinia"
+    if segment.raw in place_names or any(segment.raw.endswith(" " + name) for name in place_names):
+        return False  # "Lunetta", "the Corvinia", "most likely Lunetta"
     if segment.head in NON_ENTITY_WORDS:
         return False
     if segment.head not in _NON_OBJECT:
