@@ -251,7 +251,11 @@ def parse_texts(reply: str, caption_words: tuple[int, int] = (3, 40), descriptio
 
 def image_payload(path: Path, max_side: int | None) -> tuple[str, str]:
     """``(sha256 of the file, data URL)``; raises ``OSError`` / ``PIL.UnidentifiedImageError`` on a bad image."""
-    data = path.read_bytes()
+    return image_bytes_payload(path.read_bytes(), max_side)
+
+
+def image_bytes_payload(data: bytes, max_side: int | None) -> tuple[str, str]:
+    """:func:`image_payload` of an image file's bytes already in memory (a shard member)."""
     digest = hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as im:
         im.load()  # decode fully: a truncated file fails here, not at the server
@@ -333,5 +337,5 @@ class TextExpander:
 
 __all__ = [
     "Attempted", "PromptFile", "ResponseCache", "RetryPolicy", "StageAborted", "TextExpander", "TextExpansionConfig",
-    "complete_with_retries", "image_payload", "parse_texts", "run_items",
+    "complete_with_retries", "image_bytes_payload", "image_payload", "parse_texts", "run_items",
 ]

@@ -50,5 +50,6 @@ def png(colour: tuple[int, int, int], size: int = 8) -> bytes:
 
 
 def colour_sample(key: str, lat: float, lon: float, colour: tuple[int, int, int], place_id: int | None = None,
-                  city: str = "", country: str = "") -> GeoSample:
-    return GeoSample(key=key, lat=lat, lon=lon, city=city, country=country, place_id=place_id, image_bytes=png(colour))
+                  city: str = "", country: str = "", size: int = 8) -> GeoSample:
+    """A geo sample whose image is a plain ``colour`` PNG of ``size`` pixels."""
+    return GeoSample(key=key, lat=lat, lon=lon, city=city, country=country, place_id=place_id, image_bytes=png(colour, size))
