@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     cfg = parser.parse_args(argv)
     method_configs = [m.as_dict() if hasattr(m, "as_dict") else dict(m) for m in cfg.methods]
-    init = parser.instantiate_classes(cfg)
+    init = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg)  # renamed in jsonargparse 4.49
     methods: list[GeoPredictor] = init.methods
     if not methods or not init.datasets:
         parser.error("give at least one dataset (--datasets) and one method (--methods or a --config)")
