@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 TRAIN_CONFIGS = [c for c in CONFIGS if c.parent == ROOT / "configs"]
 EVAL_CONFIGS = [c for c in CONFIGS if c.parent.name == "eval"]
+DIALOGUE_EVAL_CONFIGS = [c for c in EVAL_CONFIGS if not c.stem.startswith("geo_")]  # geo_*: scripts/evaluate_geo.py (tests/scripts)
 ABLATION_CONFIGS = [c for c in CONFIGS if c.parent.name == "ablation"]
 OVERRIDE_CONFIGS = [c for c in CONFIGS if c.parent.name == "overrides"]
 BUILD_CONFIGS = [c for c in CONFIGS if c.parent.name == "build"]
@@ -102,8 +103,8 @@ def test_every_build_config_parses(config):
     assert all(e in out.stdout for e in expected) and "prg_threshold" in out.stdout
 
 
-@pytest.mark.parametrize("config", EVAL_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in EVAL_CONFIGS])
-def test_every_eval_config_parses(config):
+@pytest.mark.parametrize("config", DIALOGUE_EVAL_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in DIALOGUE_EVAL_CONFIGS])
+def test_every_dialogue_eval_config_parses(config):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_dialogue.py"), "--config", str(config), "--ckpt", "x.ckpt", "--print_config"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

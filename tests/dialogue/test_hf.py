@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig, find_smollm2_ggu
 from dlgpr.data.turns import Candidate, QuestionRequest
 from dlgpr.dialogue.types import Questioner
 from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_requests, tiny_tokenizer
+from tests.helpers.generation import script_generate
 
 
 def make_config(**overrides: Any) -> HFQuestionerConfig:
@@ -42,21 +43,6 @@ def record_generate(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> 
 
     monkeypatch.setattr(model, "generate", generate)
     return calls
-
-
-def script_generate(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, tokenizer: Any, reply: Callable[[str], str]) -> None:
-    """Make ``model.generate`` answer ``reply(prompt text)`` per row, then eos and right padding as HF does."""
-
-    def generate(input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
-        rows = [
-            tokenizer(reply(tokenizer.decode(ids[mask.bool()])), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            for ids, mask in zip(input_ids, attention_mask)
-        ]
-        width = max(map(len, rows))
-        new = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        return torch.cat([input_ids, new], dim=1)
-
-    monkeypatch.setattr(model, "generate", generate)
 
 
 def echo_description(prompt: str) -> str:

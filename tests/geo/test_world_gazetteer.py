@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlgpr.geo.gazetteer import Gazetteer, WorldGazetteer
+from dlgpr.geo.gazetteer import Gazetteer, WorldGazetteer, load_gazetteer
 
 # A default-world manifest: cities only (what generate_synthcities writes today).
 DEFAULT_EXTRA = {"cities": [{"index": 0, "name": "Aurelia", "lat": 41.9, "lon": 12.5},
@@ -52,3 +52,13 @@ def test_city_country_given_as_code() -> None:
     r = g.reverse(10.49, 20.31)
     assert r.city == "Borgo" and r.country == "Valdoria" and r.country_code == "C0"
     assert g.lookup("Caldera, Ostmark").level == "city"  # type: ignore[union-attr]
+
+
+def test_load_gazetteer_by_name() -> None:
+    g = load_gazetteer("world", GEO_EXTRA)
+    assert isinstance(g, WorldGazetteer) and g.reverse(20.0, 30.0).country == "Ostmark"
+    assert load_gazetteer(g) is g and load_gazetteer(None) is None and load_gazetteer("none") is None
+    with pytest.raises(ValueError, match="needs the world's directory"):
+        load_gazetteer("world")
+    with pytest.raises(ValueError, match=r"one of \('world', 'geonames'\)"):
+        load_gazetteer("google")

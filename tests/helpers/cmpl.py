@@ -24,3 +24,14 @@ def fixed_batch() -> dict:
     texts = ["red brick bank", "red brick bank, green awning", "yellow house", "yellow house, blue door",
              "grey tower", "grey tower with a clock", "white shop", "white shop, striped awning"]
     return {"image": torch.randn(8, 3, 32, 32, generator=g), "tokens": tok(texts), "place_id": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+
+
+def tiny_checkpoint(path, **kw) -> CMPLModule:
+    """Save :func:`tiny_module` (untrained) as a Lightning checkpoint that ``dlgpr.retrieval.load_retriever`` reads."""
+    from lightning.pytorch import Trainer
+
+    module = tiny_module(**kw)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return module

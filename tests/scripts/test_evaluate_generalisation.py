@@ -1,6 +1,5 @@
 """scripts/evaluate_generalisation.py on two tiny generated worlds and a tiny fitted checkpoint."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -8,20 +7,12 @@ from pathlib import Path
 import pytest
 
 from dlgpr.cli import main as dlgpr_main
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _script(name: str):
-    """A script of scripts/ loaded as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generalisation = _script("evaluate_generalisation")
-query_shapes = _script("query_shapes")
+generalisation = load_script("evaluate_generalisation")
+query_shapes = load_script("query_shapes")
 
 WORLD = ["--{w}.num_cities", "1", "--{w}.places_per_city", "10", "--{w}.views_per_place", "2", "--{w}.image_size", "32",
          "--{w}.split_fractions", "[0.4,0.3,0.3]", "--{w}.num_workers", "0"]
