@@ -28,7 +28,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from dlgpr.data.geo import GeoReadStats, GeoSample, read_synthcities_geo
+from dlgpr.data.geo import GeoReadStats, GeoSample, parse_dataset_spec, read_geo_dataset
 from dlgpr.geo.evaluation import GeoEvaluation, accuracy_figure, evaluate_predictions, results_table
 from dlgpr.geo.gazetteer import GAZETTEER_KINDS, Gazetteer, load_gazetteer
 from dlgpr.geo.predict import GeoPrediction, GeoPredictor
@@ -46,23 +46,26 @@ RUNTIME_ONLY = frozenset({"batch_size", "device", "max_concurrency", "requests_p
 
 
 def load_dataset(spec: str, limit: int | None = None, seed: int = 0) -> tuple[str, list[GeoSample], Path | None]:
-    """``(name, samples, world directory or None)`` of a spec ``synthcities:<dir>[:<split>]``.
+    """``(name, samples, SynthCities world directory or None)`` of a dataset spec
+    (:func:`~dlgpr.data.geo.parse_dataset_spec`: ``synthcities:<dir>[:<split>]``, ``im2gps3k:<dir>``...).
 
-    ``limit`` keeps a seeded random subset of that many samples (in dataset order).
+    ``limit`` keeps a seeded random subset of that many samples (in dataset order). Bad rows are
+    skipped and reported in one line.
     """
-    kind, _, rest = spec.partition(":")
-    if kind != "synthcities" or not rest:
-        raise ValueError(f"dataset spec {spec!r}: expected synthcities:<dir>[:<split>] (the only kind read so far)")
-    directory, _, split = rest.partition(":")
-    split = split or "test"
+    config = parse_dataset_spec(spec)
     stats = GeoReadStats()
-    samples = list(read_synthcities_geo(directory, split.split(","), stats))
+    samples = list(read_geo_dataset(config, stats))
     if stats.skipped:
         log.warning("%s: %s", spec, stats.summary())
+    if not samples:
+        raise ValueError(f"dataset {spec!r}: no readable sample ({stats.summary()})")
     if limit is not None and limit < len(samples):
         keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
         samples = [samples[i] for i in keep]
-    return f"{Path(directory).name}:{split}", samples, Path(directory)
+    world = Path(config.root) if config.kind == "synthcities" else None
+    split = ",".join(config.splits) if config.kind in ("synthcities", "gsv_cities") else ""
+    name = f"{Path(config.root).name}:{split}" if split else (config.name or config.kind)
+    return name, samples, world
 
 
 def dataset_gazetteer(kind: str, world: Path | None) -> Gazetteer | None:

@@ -94,13 +94,16 @@ def test_dialogue_retriever_override_turns_on_dialogue_style_queries(monkeypatch
 
 @pytest.mark.parametrize("config", BUILD_CONFIGS, ids=[c.stem for c in BUILD_CONFIGS])
 def test_every_build_config_parses(config):
-    dqcities = config.stem.startswith("dqcities")  # GSV-Cities builder; the others build the SynthCities corpus
-    script = "build_dqcities.py" if dqcities else "build_dialogues.py"
+    # GSV-Cities builder, GLOBE's geo-reasoning distillation, or the SynthCities dialogue corpus
+    kind = "dqcities" if config.stem.startswith("dqcities") else "geo" if config.stem.startswith("geo_reasoning") else "dialogues"
+    script = {"dqcities": "build_dqcities.py", "geo": "build_geo_reasoning.py", "dialogues": "build_dialogues.py"}[kind]
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--config", str(config), "--print_config"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    expected = ("text_expansion_v1", "teacher_v1", "yolov8x-worldv2") if dqcities else ("OracleTeacherQuestioner",)
-    assert all(e in out.stdout for e in expected) and "prg_threshold" in out.stdout
+    expected = {"dqcities": ("text_expansion_v1", "teacher_v1", "yolov8x-worldv2", "prg_threshold"),
+                "geo": ("geo_teacher_v1" if "mp16" in config.stem else "WorldGeoTeacher", "min_grounded", "gps:"),
+                "dialogues": ("OracleTeacherQuestioner", "prg_threshold")}[kind]
+    assert all(e in out.stdout for e in expected), out.stdout[-2000:]
 
 
 @pytest.mark.parametrize("config", DIALOGUE_EVAL_CONFIGS, ids=[str(c.relative_to(ROOT)) for c in DIALOGUE_EVAL_CONFIGS])

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from dlgpr.data.geo import GeoDatasetConfig, GeoReadStats, GeoSample, parse_dataset_spec, read_geo_dataset
 from dlgpr.data.shards import DeterministicTar, iter_tar_members
-from dlgpr.geo.gazetteer import Gazetteer, GeoNamesGazetteer, WorldGazetteer
+from dlgpr.geo.gazetteer import Gazetteer, load_gazetteer
 from dlgpr.geo.predict import GeoPrediction, GeoPredictor
 from dlgpr.pipeline.geo_validation import (DetectorPhraseVerifier, HFSentenceEmbedder, PhraseVerifier, RecordRegionVerifier, SentenceEmbedder,
                                           ValidationConfig, ValidationContext, Verdict, first_failure, validate_many)
@@ -187,11 +187,11 @@ def default_context(spec: GeoDatasetConfig, validation: ValidationConfig, gazett
     """The validations' tools for a dataset: on a SynthCities world its own gazetteer and its exact
     regions; on real photos GeoNames and YOLO-World; all-MiniLM-L6-v2 for reasoning alignment."""
     world = spec.kind == "synthcities"
-    if isinstance(gazetteer, str):
-        if gazetteer not in ("auto", "world", "geonames"):
-            raise ValueError(f"gazetteer must be auto, world or geonames, got {gazetteer!r}")
-        gazetteer = WorldGazetteer.from_manifest(spec.root) if gazetteer == "world" or (gazetteer == "auto" and world) \
-            else GeoNamesGazetteer.cached()
+    if gazetteer == "auto":
+        gazetteer = "world" if world else "geonames"
+    gazetteer = load_gazetteer(gazetteer, spec.root if gazetteer == "world" else None)
+    if gazetteer is None:
+        raise ValueError("the validations need a gazetteer: world or geonames")
     if verifier is None:
         verifier = RecordRegionVerifier() if world else DetectorPhraseVerifier()
     return ValidationContext(gazetteer=gazetteer, config=validation, embedder=embedder or HFSentenceEmbedder(), verifier=verifier)

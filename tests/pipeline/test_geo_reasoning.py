@@ -12,7 +12,6 @@ from typing import Sequence
 import pytest
 
 from dlgpr.data.geo import GeoSample, parse_dataset_spec, read_synthcities_geo
-from dlgpr.data.synth import SynthCitiesConfig, generate_synthcities
 from dlgpr.dialogue.api import ChatAPIConfig
 from dlgpr.geo.predict import GeoPrediction
 from dlgpr.pipeline.geo_reasoning import (GeoReasoningConfig, build_geo_reasoning, default_context, format_funnel, iter_reasoning_samples,
@@ -22,6 +21,7 @@ from dlgpr.pipeline.geo_validation import BagOfWordsEmbedder, ValidationConfig
 from dlgpr.pipeline.store import ItemStore
 from dlgpr.pipeline.text import RetryPolicy
 from dlgpr.testing.openai_server import FakeOpenAIServer, Fault, image_sha256s
+from tests.helpers.geo import make_geo_world
 
 # Bag-of-words embeddings keep these tests fast; they score on their own scale (docs/GLOBE.md).
 VALIDATION = ValidationConfig(min_similarity=0.2)
@@ -30,8 +30,7 @@ VALIDATION = ValidationConfig(min_similarity=0.2)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("geo") / "world"
-    generate_synthcities(SynthCitiesConfig(num_cities=6, countries=2, places_per_city=24, views_per_place=2, image_size=32,
-                                           num_workers=1), out)
+    make_geo_world(out, num_cities=6, countries=2, places_per_city=24, views=2)
     return out
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from dlgpr.data.geo import GeoSample, read_synthcities_geo
-from dlgpr.data.synth import SynthCitiesConfig, generate_synthcities
 from dlgpr.data.synth.world import NONE, SLOTS
 from dlgpr.dialogue.api import ChatAPIConfig
 from dlgpr.pipeline.geo_teachers import (CONFUSABLE, ELEMENT_SLOTS, TEACHER_PROFILES, APIGeoTeacher, TeacherProfile, WorldGeoTeacher,
                                          parse_teacher_reply, visible_elements)
 from dlgpr.pipeline.text import RetryPolicy, StageAborted
 from dlgpr.testing.openai_server import FakeOpenAIServer, Fault, image_sha256s
+from tests.helpers.geo import make_geo_world
 
 ALL_CLUES = tuple(ELEMENT_SLOTS)
 PERFECT = TeacherProfile(clues=ALL_CLUES, knowledge_fraction=1.0, min_clues=1, min_confidence=0.0)
@@ -28,8 +28,7 @@ PERFECT = TeacherProfile(clues=ALL_CLUES, knowledge_fraction=1.0, min_clues=1, m
 @pytest.fixture(scope="module")
 def geo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("geo") / "world"
-    generate_synthcities(SynthCitiesConfig(num_cities=6, countries=2, places_per_city=30, views_per_place=2, image_size=32,
-                                           num_workers=1), out)
+    make_geo_world(out, num_cities=6, countries=2, places_per_city=30, views=2)
     return out
 
 
