@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 import types
@@ -124,6 +126,22 @@ def test_exclude_same_place_locates_the_reference_split_without_leaking(world: P
     assert all(p.extra["top_key"] == p.key and p.extra["top_sim"] == pytest.approx(1.0, abs=1e-4) for p in leaky)
     fair = RetrievalGeolocator.from_module(module, reference, exclude_same_place=True).predict(reference)
     assert all(place_of[p.extra["top_key"]] != place_of[p.key] for p in fair)
+
+
+def test_a_query_that_is_a_reference_image_reuses_its_embedding_unless_its_bytes_differ(world: Path) -> None:
+    module = tiny_module().eval()
+    reference = list(read_synthcities_geo(world, "train"))
+    encoded: list[int] = []
+    encode = module.encode_images
+    module.encode_images = lambda x: (encoded.append(x.shape[0]), encode(x))[1]  # type: ignore[method-assign]
+    geo = RetrievalGeolocator.from_module(module, reference, batch_size=5)
+    first = geo.predict(reference)
+    assert sum(encoded) == len(reference)  # the reference once, the queries not again
+    # another world's image under the same key is not this reference image: it is encoded
+    other = dataclasses.replace(reference[0], image_bytes=reference[1].image_data())
+    again = geo.predict([other])
+    assert sum(encoded) == len(reference) + 1
+    assert again[0].extra["top_key"] != first[0].extra["top_key"] or again[0].extra["top_sim"] != first[0].extra["top_sim"]
 
 
 def test_identical_embeddings_give_the_majority_region_not_a_crash() -> None:
