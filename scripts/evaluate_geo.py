@@ -6,7 +6,8 @@
         --methods+ dlgpr.geo.vlm.EndpointGeoPredictor --methods.api.model qwen2.5-vl --methods.name qwen-7b
 
 Methods are GeoPredictors given as ``{class_path, init_args}`` (a config's ``methods`` list,
-or ``--methods+`` flags); datasets are spec strings (``synthcities:<dir>[:<split>]``). For each
+or ``--methods+`` flags); datasets are spec strings (``synthcities:<dir>[:<split>]``,
+``im2gps3k:<dir>``, ``mp16:<dir>``...; docs/GLOBE.md, Datasets). For each
 dataset and method the predictions are appended to
 ``<out_dir>/predictions/<dataset>/<method>.jsonl`` a chunk at a time, next to the method's
 config; a rerun reads them back and predicts only the samples still missing (a killed run
@@ -41,8 +42,6 @@ RUNTIME_ONLY = frozenset({"batch_size", "device", "max_concurrency", "requests_p
 
 
 # ---- datasets --------------------------------------------------------------------------------------
-# One small function reads a dataset spec; when dlgpr.data.geo gains parse_dataset_spec /
-# read_geo_dataset (MP-16, IM2GPS3K, YFCC4k...), load_dataset becomes a call to them.
 
 
 def load_dataset(spec: str, limit: int | None = None, seed: int = 0) -> tuple[str, list[GeoSample], Path | None]:
@@ -64,7 +63,7 @@ def load_dataset(spec: str, limit: int | None = None, seed: int = 0) -> tuple[st
         samples = [samples[i] for i in keep]
     world = Path(config.root) if config.kind == "synthcities" else None
     split = ",".join(config.splits) if config.kind in ("synthcities", "gsv_cities") else ""
-    name = f"{Path(config.root).name}:{split}" if split else (config.name or config.kind)
+    name = f"{Path(config.root).name}:{split}" if split else samples[0].source
     return name, samples, world
 
 
@@ -147,7 +146,7 @@ def run_method(method: GeoPredictor, samples: list[GeoSample], path: Path, chunk
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_argument("--datasets", type=list[str], default=[], help="dataset specs: synthcities:<dir>[:<split>]")
+    parser.add_argument("--datasets", type=list[str], default=[], help="dataset specs (docs/GLOBE.md, Datasets): synthcities:<dir>[:<split>], im2gps3k:<dir>, mp16:<dir>, csv:<file>, ...")
     parser.add_argument("--methods", type=list[GeoPredictor], default=[], help="GeoPredictors as {class_path, init_args}")
     parser.add_argument("--gazetteer", type=str, default="world",
                         help=f"geocodes names and names coordinates: one of {GAZETTEER_KINDS} or none")

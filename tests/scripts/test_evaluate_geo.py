@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import yaml
 
 from dlgpr.geo.geolocator import RetrievalGeolocator
@@ -94,19 +95,39 @@ def test_changed_method_config_is_refused_and_limit_subsets(setup, tmp_path) -> 
 def test_bad_inputs_give_one_line_errors(setup, tmp_path) -> None:
     world, ckpt = setup
     config = str(_config(tmp_path, world, ckpt))
-    with pytest.raises(ValueError, match=r"expected synthcities:<dir>\[:<split>\]"):
+    with pytest.raises(FileNotFoundError, match="somewhere: no such folder"):
         evaluate_geo.main(["--config", config, "--datasets", "[im2gps3k:somewhere]", "--out_dir", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="no shard of split"):
+    with pytest.raises(ValueError, match="split must be split names"):
         evaluate_geo.main(["--config", config, "--datasets", f"[synthcities:{world}:nosuchsplit]", "--out_dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit):  # parser.error: two methods named alike
         evaluate_geo.main(["--config", config, "--methods+", "dlgpr.geo.geolocator.RetrievalGeolocator",
                            "--methods.retriever", str(ckpt), "--methods.reference", str(world), "--out_dir", str(tmp_path / "o")])
 
 
+def test_a_real_photo_dataset_from_a_csv(setup, tmp_path) -> None:
+    """A CSV of photos with coordinates (IM2GPS3K-style columns), scored with the GeoNames gazetteer."""
+    world, ckpt = setup
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows = [("paris.jpg", 48.8566, 2.3522), ("rome.jpg", 41.9028, 12.4964), ("tokyo.jpg", 35.6762, 139.6503), ("bad.jpg", 91.0, 0.0)]
+    for i, (name, _, _) in enumerate(rows):
+        Image.new("RGB", (32, 32), (40 * i, 200 - 40 * i, 90)).save(folder / name)
+    (folder / "photos.csv").write_text("IMG_ID,AUTHOR,LAT,LON\n" + "".join(f"{n},x,{a},{b}\n" for n, a, b in rows))
+    report = evaluate_geo.main(["--config", str(_config(tmp_path, world, ckpt)), "--datasets", f"[csv:{folder / 'photos.csv'}]",
+                                "--gazetteer", "geonames", "--out_dir", str(tmp_path / "out")])
+    (name, entry), = report["datasets"].items()
+    assert name == "photos" and entry["n"] == 3  # the row at latitude 91 is skipped and counted, not fatal
+    result = entry["methods"]["retrieval"]
+    assert result["computed"] == 3 and result["failed"] == 0
+    assert result["acc@2500km"] == 0.0  # the tiny world's places are fictional: nowhere near Paris, Rome or Tokyo
+
+
 def test_embedded_config_parses() -> None:
     cfg = evaluate_geo.build_parser().parse_args(["--config", str(ROOT / "configs" / "eval" / "geo_synthcities.yaml")])
     assert cfg.datasets == ["synthcities:data/synthcities-geo:test"] and cfg.gazetteer == "world"
-    [method] = cfg.methods
+    method, *teachers = cfg.methods
+    assert [t.class_path for t in teachers] == ["dlgpr.pipeline.geo_teachers.WorldGeoTeacher"] * 2
+    assert [t.init_args.profile for t in teachers] == ["architect", "colourist"]
     assert method.class_path == "dlgpr.geo.geolocator.RetrievalGeolocator"
     assert method.init_args.retriever == "lightning_logs/version_0/checkpoints/last.ckpt"
     assert method.init_args.reference == "data/synthcities-geo" and method.init_args.reference_splits == ["train"]
