@@ -140,10 +140,12 @@ def exact_positive_ranks(
     """Expected ranks of every positive over the whole gallery, and the top-``k`` lists, chunked.
 
     Runs on :func:`~dlgpr.search.search_device` (queries and gallery are moved there). One
-    ``[c, G]`` score block at a time, ``c = min(chunk, max_block // G)`` queries (at least one):
-    the counts of every positive come from one pass over the block (:func:`count_above`), so the
-    extra memory is about ``12 c G`` bytes, bounded by ``max_block`` (or by a few rows of the
-    gallery when it is larger), whatever the number of positives.
+    ``[c, G]`` score block at a time, ``c <= min(chunk, max_block // G)`` queries (at least one;
+    the blocks of a call are as equal as they can be, since a one-row block is a matrix-vector
+    product that rounds scores differently): the counts of every positive come from one pass over
+    the block (:func:`count_above`), so the extra memory is about ``8 c G`` bytes (the float32
+    scores and an int32 per score), at most about ``8 max_block`` (or ``8 G`` for a gallery larger
+    than ``max_block``), whatever the number of positives.
 
     Args:
         queries: ``[Q, D]``; gallery: ``[G, D]``; rows: ``[Q, P]`` positive rows (``-1`` padding).
@@ -156,15 +158,17 @@ def exact_positive_ranks(
     device = search_device(queries, gallery)
     g = gallery.to(device).float()
     n_g = g.shape[0]
-    chunk = max(1, min(int(chunk), int(max_block) // max(n_g, 1)))
+    n_q = queries.shape[0]
+    n_blocks = -(-n_q // max(1, min(int(chunk), int(max_block) // max(n_g, 1))))
+    bounds = [b * n_q // n_blocks for b in range(n_blocks + 1)] if n_q else [0]  # blocks within a row of each other: no 1-row tail
     out_r, out_s, out_i = [], [], []
-    for start in range(0, queries.shape[0], chunk):
-        sim = queries[start : start + chunk].to(device).float() @ g.T  # [c, G]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        sim = queries[start:stop].to(device).float() @ g.T  # [c, G]
         if k:
             s, i = sim.topk(k, dim=1)  # [c, k]
             out_s.append(s.cpu())
             out_i.append(i.cpu())
-        r = rows[start : start + chunk].to(device)  # [c, P]
+        r = rows[start:stop].to(device)  # [c, P]
         valid = r >= 0  # [c, P]
         ps = sim.gather(1, r.clamp(min=0))  # [c, P]: the same numbers the counts compare
         # x > ps + eps is "above"; x < ps - eps, i.e. not x > the float just below ps - eps, is "below"
@@ -179,7 +183,7 @@ def exact_positive_ranks(
         pos_near = (((ps[:, None, :] - ps[:, :, None]).abs() <= eps) & valid[:, None, :]).sum(dim=-1)  # [c, P]
         out_r.append(expected_ranks(ps.cpu(), valid.cpu(), (above - pos_above).cpu(), (near - pos_near).cpu(), eps))
     ranks = torch.cat(out_r) if out_r else torch.zeros(0, rows.shape[1], dtype=torch.float64)
-    empty = torch.zeros(queries.shape[0], 0)
+    empty = torch.zeros(queries.shape[0], k)  # no query (no list: k = 0)
     scores = torch.cat(out_s) if out_s else empty
     idx = torch.cat(out_i) if out_i else empty.long()
     return ranks, scores, idx

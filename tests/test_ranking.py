@@ -238,6 +238,8 @@ def test_exact_positive_ranks_degenerate_galleries():
     # a one-image gallery; a query with no positive ranks nothing
     ranks, s, i = exact_positive_ranks(torch.ones(2, 4), torch.ones(1, 4), torch.tensor([[0], [-1]]), k=3)
     assert ranks.tolist() == [[1.0], [0.0]] and s.tolist() == [[4.0], [4.0]] and i.tolist() == [[0], [0]]
+    ranks, s, i = exact_positive_ranks(torch.ones(0, 4), torch.ones(3, 4), torch.zeros(0, 2, dtype=torch.long), k=2)  # no query
+    assert ranks.shape == (0, 2) and s.shape == (0, 2) and i.shape == (0, 2)
 
 
 def test_the_tie_band_is_closed_at_both_ends_in_float32():
