@@ -105,6 +105,7 @@ class RetrievalEvalCallback(Callback):
         for view in ("", *self._views):
             suffix = f"_{view}" if view else ""
             image_emb, text_emb = rows[f"image_emb{suffix}"][keep].float(), rows[f"text_emb{suffix}"][keep].float()
+            text_emb = text_emb.to(pl_module.device)  # the gather is on the CPU: search on the module's device
             ranks = rank_of_place(text_emb, labels, image_emb, labels, k=max(self.ks), backend=self.backend)
             view_recalls = recall_at_k(ranks, self.ks)
             recalls = recalls or view_recalls  # the console line shows the main score

@@ -20,11 +20,15 @@ A top-k list (torch or faiss) cannot tell how many images tie with a positive be
 ranks from lists take the positives' scores from the embeddings and count only what the list
 decides; a query whose tie group reaches the end of its list is counted again over the whole
 gallery.
+
+Devices: every search runs where :func:`dlgpr.search.search_device` says (the queries' GPU when
+the retriever is on one, else where the gallery is); a :class:`Gallery` is copied there once
+(:meth:`Gallery.search_embeddings`). Ranks, scores and indices come back on the CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -33,15 +37,19 @@ from torch import Tensor
 
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.turns import Candidate
-from dlgpr.search import Backend, topk_search
+from dlgpr.search import Backend, search_device, topk_search
 
 __all__ = [
-    "TIE_EPS", "expected_ranks", "positive_rows", "positive_scores", "exact_positive_ranks", "ranks_from_lists", "best_rank",
+    "TIE_EPS", "EXACT_BLOCK_ELEMENTS", "expected_ranks", "positive_rows", "positive_scores", "exact_positive_ranks", "ranks_from_lists", "best_rank",
     "list_positive_ranks", "rank_of_place", "unique_rows", "Gallery", "exact_search", "backend_search", "gallery_positive_ranks",
 ]
 
 TIE_EPS = 1e-6
 """Scores closer than this are tied (float noise between batch compositions is below it)."""
+
+EXACT_BLOCK_ELEMENTS = 1 << 25
+"""Scores per block of :func:`exact_positive_ranks` (``queries x gallery``; 128 MiB in float32):
+the block's rows shrink as the gallery grows, so its memory does not grow with it."""
 
 
 def expected_ranks(pos_scores: Tensor, valid: Tensor, higher_negatives: Tensor, tied_negatives: Tensor, eps: float = TIE_EPS) -> Tensor:
@@ -92,7 +100,10 @@ def positive_rows(query_labels: Tensor, gallery_labels: Tensor, max_positives: i
 
 
 def positive_scores(queries: Tensor, gallery: Tensor, rows: Tensor, chunk: int = 1024) -> Tensor:
-    """``[Q, P]`` inner products of each query with its positives' rows (0 in padding), chunked."""
+    """``[Q, P]`` inner products of each query with its positives' rows (0 in padding), chunked.
+
+    A gather of ``P`` rows per query, not a search: computed where the gallery is, returned on the CPU.
+    """
     out = []
     for start in range(0, queries.shape[0], chunk):
         q = queries[start : start + chunk].float()  # [c, D]
@@ -103,13 +114,38 @@ def positive_scores(queries: Tensor, gallery: Tensor, rows: Tensor, chunk: int =
     return torch.cat(out) if out else torch.zeros(0, rows.shape[1])
 
 
+def count_above(values: Tensor, thresholds: Tensor) -> Tensor:
+    """``[c, T]`` how many entries of each row of ``values [c, G]`` are strictly above each of the
+    row's ``thresholds [c, T]``.
+
+    One pass over ``values`` whatever ``T``: a binary search of each value among its row's sorted
+    thresholds, then a histogram of the results. Exact (the same comparisons as ``values > t``,
+    repeated thresholds included); extra memory one int32 per value.
+    """
+    c, t = thresholds.shape
+    sorted_t, order = thresholds.sort(dim=1)  # [c, T]
+    below = torch.searchsorted(sorted_t.contiguous(), values.contiguous(), out_int32=True)  # [c, G]: thresholds < each value
+    below += torch.arange(c, dtype=torch.int32, device=values.device)[:, None] * (t + 1)  # one histogram per row
+    hist = torch.bincount(below.view(-1), minlength=c * (t + 1)).view(c, t + 1)  # [c, T+1]
+    del below
+    # a value is above sorted_t[j] iff at least j + 1 thresholds are below it
+    at_least = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # [c, T]
+    return torch.empty_like(at_least).scatter_(1, order, at_least)
+
+
 def exact_positive_ranks(
-    queries: Tensor, gallery: Tensor, rows: Tensor, k: int = 0, chunk: int = 1024, eps: float = TIE_EPS
+    queries: Tensor, gallery: Tensor, rows: Tensor, k: int = 0, chunk: int = 1024, eps: float = TIE_EPS,
+    max_block: int = EXACT_BLOCK_ELEMENTS,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Expected ranks of every positive over the whole gallery, and the top-``k`` lists, chunked.
 
-    One ``[chunk, G]`` score block at a time; the counts are taken one positive at a time, so
-    nothing larger than the block is built.
+    Runs on :func:`~dlgpr.search.search_device` (queries and gallery are moved there). One
+    ``[c, G]`` score block at a time, ``c <= min(chunk, max_block // G)`` queries (at least one;
+    the blocks of a call are as equal as they can be, since a one-row block is a matrix-vector
+    product that rounds scores differently): the counts of every positive come from one pass over
+    the block (:func:`count_above`), so the extra memory is about ``8 c G`` bytes (the float32
+    scores and an int32 per score), at most about ``8 max_block`` (or ``8 G`` for a gallery larger
+    than ``max_block``), whatever the number of positives.
 
     Args:
         queries: ``[Q, D]``; gallery: ``[G, D]``; rows: ``[Q, P]`` positive rows (``-1`` padding).
@@ -119,29 +155,35 @@ def exact_positive_ranks(
         ``ranks [Q, P]`` (float64, ascending, 0 in padding), ``scores [Q, k]``, ``idx [Q, k]`` (CPU).
     """
     k = min(int(k), gallery.shape[0])
-    g = gallery.float()
+    device = search_device(queries, gallery)
+    g = gallery.to(device).float()
+    n_g = g.shape[0]
+    n_q = queries.shape[0]
+    n_blocks = -(-n_q // max(1, min(int(chunk), int(max_block) // max(n_g, 1))))
+    bounds = [b * n_q // n_blocks for b in range(n_blocks + 1)] if n_q else [0]  # blocks within a row of each other: no 1-row tail
     out_r, out_s, out_i = [], [], []
-    for start in range(0, queries.shape[0], chunk):
-        sim = queries[start : start + chunk].float().to(g.device) @ g.T  # [c, G]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        sim = queries[start:stop].to(device).float() @ g.T  # [c, G]
         if k:
             s, i = sim.topk(k, dim=1)  # [c, k]
             out_s.append(s.cpu())
             out_i.append(i.cpu())
-        r = rows[start : start + chunk].to(g.device)  # [c, P]
+        r = rows[start:stop].to(device)  # [c, P]
         valid = r >= 0  # [c, P]
         ps = sim.gather(1, r.clamp(min=0))  # [c, P]: the same numbers the counts compare
-        above, near = torch.zeros_like(r), torch.zeros_like(r)  # [c, P]
-        for p in range(r.shape[1]):
-            col = ps[:, p : p + 1]  # [c, 1]
-            above[:, p] = (sim > col + eps).sum(dim=1)
-            below = (sim < col - eps).sum(dim=1)  # [c]
-            near[:, p] = sim.shape[1] - above[:, p] - below
+        # x > ps + eps is "above"; x < ps - eps, i.e. not x > the float just below ps - eps, is "below"
+        just_below = torch.nextafter(ps - eps, torch.tensor(float("-inf"), device=device))  # [c, P]
+        counts = count_above(sim, torch.cat([ps + eps, just_below], dim=1))  # [c, 2P]
+        del sim
+        above = counts[:, : r.shape[1]]  # [c, P]
+        near = counts[:, r.shape[1] :] - above  # [c, P]: not below, not above
+
         # the counts include the positives themselves: take them out, expected_ranks adds them back
         pos_above = ((ps[:, None, :] > ps[:, :, None] + eps) & valid[:, None, :]).sum(dim=-1)  # [c, P]
         pos_near = (((ps[:, None, :] - ps[:, :, None]).abs() <= eps) & valid[:, None, :]).sum(dim=-1)  # [c, P]
         out_r.append(expected_ranks(ps.cpu(), valid.cpu(), (above - pos_above).cpu(), (near - pos_near).cpu(), eps))
     ranks = torch.cat(out_r) if out_r else torch.zeros(0, rows.shape[1], dtype=torch.float64)
-    empty = torch.zeros(queries.shape[0], 0)
+    empty = torch.zeros(queries.shape[0], k)  # no query (no list: k = 0)
     scores = torch.cat(out_s) if out_s else empty
     idx = torch.cat(out_i) if out_i else empty.long()
     return ranks, scores, idx
@@ -207,7 +249,8 @@ def list_positive_ranks(
     The lists decide the positives they cover (:func:`ranks_from_lists`), the positives' scores
     come from the embeddings, and a query whose tie group reaches the end of its list is counted
     over the whole gallery. Positives deeper than the list get ``depth + 1``; 0 in padding.
-    Everything is computed where the caller put it (``list_idx`` -1 marks an empty slot).
+    ``list_idx`` -1 marks an empty slot; labels and lists on the CPU, the embeddings anywhere (the
+    recount runs on the search device). Returned on the CPU.
     """
     listed = list_idx >= 0  # [Q, depth]
     is_pos = (gallery_labels[list_idx.clamp(min=0)] == query_labels[:, None]) & listed  # [Q, depth]
@@ -234,7 +277,8 @@ def rank_of_place(
     position under a random order of ties), so the rank does not depend on how the backend orders
     equal scores, nor on the order of the gallery rows (which differs between one process and a
     DDP gather), and a retriever that scores everything alike ranks at chance. The backend's top
-    ``k`` lists decide most queries (:func:`list_positive_ranks`).
+    ``k`` lists decide most queries (:func:`list_positive_ranks`). Searched on
+    :func:`~dlgpr.search.search_device`; the ranks come back on the CPU.
 
     Args:
         queries: ``[Q, D]`` normalised query embeddings.
@@ -250,7 +294,7 @@ def rank_of_place(
     if k < 1 or queries.shape[0] == 0 or gallery.shape[0] == 0:
         return torch.full((queries.shape[0],), float(max(k, 0) + 1), dtype=torch.float64)
     scores, idx = topk_search(queries, gallery, k, backend=backend)  # [Q, k]
-    ranks = list_positive_ranks(queries.cpu(), query_labels.cpu(), gallery.cpu(), gallery_labels.cpu(), rows, scores.float().cpu(), idx.cpu())
+    ranks = list_positive_ranks(queries, query_labels.cpu(), gallery, gallery_labels.cpu(), rows, scores.float().cpu(), idx.cpu())
     best = best_rank(ranks, (rows >= 0).sum(dim=1), k + 1)  # [Q]
     return best.clamp(max=float(k + 1))
 
@@ -272,7 +316,11 @@ def unique_rows(*ids: Tensor) -> Tensor:
 
 @dataclass
 class Gallery:
-    """The searched images, encoded once: ``embeddings [G, D]`` (normalised), ``place_ids [G]``."""
+    """The searched images, encoded once: ``embeddings [G, D]`` (normalised), ``place_ids [G]``.
+
+    ``embeddings`` stay where they were built (the CPU for :func:`dlgpr.retrieval.encode_gallery`);
+    searches use :meth:`search_embeddings`, a float32 copy on the search device made once.
+    """
 
     embeddings: Tensor
     place_ids: Tensor
@@ -280,6 +328,7 @@ class Gallery:
     descriptions: list[str]
     attributes: list[dict[str, Any]]
     image_fn: Callable[[int], Image.Image] | None = None
+    _copies: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = self.embeddings.shape[0]
@@ -302,6 +351,25 @@ class Gallery:
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
+    def embeddings_on(self, device: torch.device | str) -> Tensor:
+        """``embeddings`` in float32 on ``device``: copied there on first use and kept (a dialogue
+        or a reward searches every round); the embeddings themselves when they already are."""
+        device = torch.device(device)
+        if device.type != "cpu" and device.index is None:
+            device = torch.empty(0, device=device).device  # "cuda" -> "cuda:<current>"
+        src = self.embeddings
+        if src.device == device and src.dtype == torch.float32:
+            return src
+        kept = self._copies.get(device)
+        if kept is None or kept[0] is not src:  # first use, or the embeddings were replaced
+            kept = (src, src.detach().to(device=device, dtype=torch.float32))
+            self._copies[device] = kept
+        return kept[1]
+
+    def search_embeddings(self, queries: Tensor) -> Tensor:
+        """The embeddings to search ``queries`` against: on :func:`~dlgpr.search.search_device`, float32."""
+        return self.embeddings_on(search_device(queries, self.embeddings))
+
     def num_positives(self, place_id: int) -> int:
         return self._positives.get(int(place_id), 0)
 
@@ -322,9 +390,10 @@ def exact_search(emb: Tensor, gallery: Gallery, rows: Tensor, k: int) -> tuple[T
     """Top-``k`` candidates and exact positive ranks over the whole gallery.
 
     ``emb [Q, D]`` normalised queries, ``rows [Q, P]`` their positives (:func:`positive_rows`).
-    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, P]``.
+    Returns ``scores [Q, k]``, ``idx [Q, k]``, ``best [Q]``, ``positive ranks [Q, P]``, on the CPU;
+    searched on the search device (:meth:`Gallery.search_embeddings`).
     """
-    ranks, scores, idx = exact_positive_ranks(emb.float(), gallery.embeddings, rows, k)
+    ranks, scores, idx = exact_positive_ranks(emb.float(), gallery.search_embeddings(emb), rows, k)
     best = best_rank(ranks, (rows >= 0).sum(dim=1), len(gallery) + 1)
     return scores, idx, best, ranks
 
@@ -336,11 +405,13 @@ def backend_search(
 
     ``emb [Q, D]`` normalised queries of places ``labels [Q]`` with positives ``rows [Q, P]``.
     Returns ``scores [Q, depth]``, ``idx [Q, depth]``, ``best [Q]`` (``depth + 1`` beyond the
-    lists), ``positive ranks [Q, P]``, on the CPU.
+    lists), ``positive ranks [Q, P]``, on the CPU; searched on the search device
+    (:meth:`Gallery.search_embeddings`), as is the recount of undecided queries.
     """
-    scores, idx = topk_search(emb, gallery.embeddings.float(), depth, backend=backend)  # [Q, depth]
+    g = gallery.search_embeddings(emb)  # [G, D]
+    scores, idx = topk_search(emb, g, depth, backend=backend)  # [Q, depth]
     idx, scores = idx.cpu(), scores.cpu()
-    ranks = list_positive_ranks(emb.float().cpu(), labels, gallery.embeddings, gallery.place_ids, rows, scores, idx)
+    ranks = list_positive_ranks(emb.float(), labels.cpu(), g, gallery.place_ids, rows, scores, idx)
     return scores, idx, best_rank(ranks, (rows >= 0).sum(dim=1), idx.shape[1] + 1), ranks
 
 
@@ -348,9 +419,10 @@ def gallery_positive_ranks(emb: Tensor, gallery: Gallery, place_ids: Sequence[in
     """Exact ranks of every image of each query's place over the whole gallery.
 
     ``emb [Q, D]`` normalised query embeddings. Returns ``positive ranks [Q, P]`` (ascending,
-    0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes.
+    0 = padding past the place's image count) and ``num_positives [Q]``: what ``metrics.prg`` takes,
+    on the CPU; searched on the search device (:meth:`Gallery.search_embeddings`).
     """
     labels = torch.as_tensor(list(place_ids), dtype=torch.long)
     rows = positive_rows(labels, gallery.place_ids)  # [Q, P]
-    ranks, _, _ = exact_positive_ranks(emb.float(), gallery.embeddings, rows)
+    ranks, _, _ = exact_positive_ranks(emb.float(), gallery.search_embeddings(emb), rows)
     return ranks, (rows >= 0).sum(dim=1)

@@ -43,7 +43,7 @@ def evaluate_world(module, data_dir: Path, split: str, rounds: int, top_k: int, 
     retriever = ModuleTextRetriever(module)
     text = retriever.embed_texts(list(gallery.descriptions))  # [N, D] each image's own description
     labels = gallery.place_ids  # [N] one description per gallery image, same order
-    ranks = rank_of_place(text, labels, gallery.embeddings, labels, k=10, backend="torch")
+    ranks = rank_of_place(text, labels, gallery.search_embeddings(text), labels, k=10, backend="torch")
     static = {f"recall@{k}": v for k, v in recall_at_k(ranks, [1, 5, 10]).items()}
     teacher = OracleTeacherQuestioner()
     bind_retriever(teacher, retriever)

@@ -88,7 +88,8 @@ def linear_probe(x_train: torch.Tensor, y_train: list[str], x_eval: torch.Tensor
 def slot_rows(module, retriever: ModuleTextRetriever, places: list, gallery, data_dir: str, split: str) -> dict:
     """Per askable slot: effect of one answer on the caption's rank, and the image probe."""
     def ranks(texts: list[str], ids: list[int]) -> torch.Tensor:
-        return rank_of_place(retriever.embed_texts(texts), torch.tensor(ids), gallery.embeddings, gallery.place_ids, k=10, backend="torch").double()
+        emb = retriever.embed_texts(texts)
+        return rank_of_place(emb, torch.tensor(ids), gallery.search_embeddings(emb), gallery.place_ids, k=10, backend="torch").double()
 
     base = ranks([p.initial_caption for p in places], [p.place_id for p in places])
     train = encode_gallery(module, data_dir, "train")
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("| query | R@1 | R@5 | R@10 | example |\n|---|---|---|---|---|")
     for name, make in shapes(args.sentences, args.answers).items():
         texts = [make(r, random.Random(f"{args.seed}-{name}-{r.place_id}")) for r in places]
-        ranks = rank_of_place(retriever.embed_texts(texts), labels, gallery.embeddings, gallery.place_ids, k=10, backend="torch")
+        emb = retriever.embed_texts(texts)
+        ranks = rank_of_place(emb, labels, gallery.search_embeddings(emb), gallery.place_ids, k=10, backend="torch")
         rec = recall_at_k(ranks, [1, 5, 10])
         table[name] = {f"recall@{k}": v for k, v in rec.items()}
         example = texts[0] if len(texts[0]) <= 90 else texts[0][:87] + "..."

@@ -15,7 +15,8 @@ from dlgpr.data.turns import Target
 from dlgpr.models.reply_format import format_question
 from dlgpr.metrics import recall_at_k
 from dlgpr.ranking import (
-    Gallery, exact_positive_ranks, expected_ranks, gallery_positive_ranks, positive_rows, positive_scores, rank_of_place, ranks_from_lists,
+    EXACT_BLOCK_ELEMENTS, TIE_EPS,
+    Gallery, count_above, exact_positive_ranks, expected_ranks, gallery_positive_ranks, positive_rows, positive_scores, rank_of_place, ranks_from_lists,
 )
 from dlgpr.rewards import RetrievalGainReward
 from dlgpr.search import topk_search
@@ -171,3 +172,115 @@ def test_prg_reward_credits_leaving_a_collapsed_ranking():
                     initial_description=["a building"], history=[()])
     assert reward.last_stats["answered"] == 1
     assert values[0] == pytest.approx(1.0)  # from chance to all four views on top: the whole room gained
+
+
+# ---- exact counting against a plain-Python reference ------------------------------------------------
+
+
+def _naive_positive_ranks(scores: torch.Tensor, query_labels: list[int], gallery_labels: list[int], eps: float) -> list[list[float]]:
+    """The rank rule one query and one positive at a time, in Python floats: ``higher + j + j n / (m + 1)``
+    with ``higher`` the images (positives included) above by more than ``eps``, ``m`` the positives
+    tied with it, ``n`` the other images tied with it and ``j`` its place among the ``m``."""
+    out = []
+    for qi, row in enumerate(scores.tolist()):
+        pos = [g for g, lab in enumerate(gallery_labels) if lab == query_labels[qi]]
+        ranks = []
+        for p in pos:
+            s = row[p]
+            higher = sum(1 for x in row if x > s + eps)
+            tied_pos = [p2 for p2 in pos if abs(row[p2] - s) <= eps]
+            n = sum(1 for g, x in enumerate(row) if abs(x - s) <= eps and g not in pos)
+            j = 1 + sum(1 for p2 in tied_pos if row[p2] > s or (row[p2] == s and p2 < p))
+            ranks.append(higher + j + j * n / (len(tied_pos) + 1))
+        out.append(sorted(ranks))
+    return out
+
+
+def _integer_scores(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries in {-1, 0, 1}^6 and gallery rows in {-2..2}/4: exact scores, multiples of 1/4, many tied."""
+    q = torch.randint(-1, 2, (9, 6), generator=gen).float()
+    g = torch.randint(-2, 3, (70, 6), generator=gen).float() / 4
+    return q, g
+
+
+def _noisy_ties(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot queries read one column of the gallery: multiples of 1/8 plus a few 1e-7 (tied, not equal)."""
+    g = torch.randint(-4, 5, (70, 9), generator=gen).double() / 8 + torch.randint(-2, 3, (70, 9), generator=gen).double() * 1e-7
+    return torch.eye(9), g.float()
+
+
+@pytest.mark.parametrize("make", [_integer_scores, _noisy_ties])
+def test_exact_positive_ranks_equal_a_naive_count_with_ties_and_padding(make):
+    gen = torch.Generator().manual_seed(0)
+    q, g = make(gen)
+    gallery_labels = torch.randint(0, 12, (g.shape[0],), generator=gen)  # 0 to ~12 images per place
+    query_labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 99])  # place 99 has no image: a row of padding
+    rows = positive_rows(query_labels, gallery_labels)
+    assert (rows == -1).any(dim=1).sum() >= 5 and (rows[-1] == -1).all()  # padding past most places' images, and a row of it
+    scores = q @ g.T
+    naive = _naive_positive_ranks(scores, query_labels.tolist(), gallery_labels.tolist(), TIE_EPS)
+    expected = torch.tensor([r + [0.0] * (rows.shape[1] - len(r)) for r in naive], dtype=torch.float64)
+    assert len({round(x, 5) for x in scores[0].tolist()}) < 20  # ties (within eps), plenty of them
+    # one query per block, two, the default; k lists as well
+    for chunk, max_block in ((1, EXACT_BLOCK_ELEMENTS), (4, EXACT_BLOCK_ELEMENTS), (1024, 2 * g.shape[0]), (1024, 1)):
+        ranks, top_s, top_i = exact_positive_ranks(q, g, rows, k=5, chunk=chunk, max_block=max_block)
+        assert torch.equal(ranks, expected), (chunk, max_block)
+        assert torch.equal(top_s, scores.topk(5, dim=1).values)
+        assert torch.equal(scores.gather(1, top_i), top_s)
+
+
+def test_exact_positive_ranks_degenerate_galleries():
+    # every image alike: chance, the j-th of P positives among G at j (G + 1) / (P + 1)
+    g = F.normalize(torch.ones(12, 4), dim=1)
+    rows = positive_rows(torch.tensor([0]), torch.arange(12) // 3)
+    ranks, _, _ = exact_positive_ranks(F.normalize(torch.ones(1, 4), dim=1), g, rows)
+    assert ranks[0].tolist() == pytest.approx([13 / 4, 26 / 4, 39 / 4])
+    # a one-image gallery; a query with no positive ranks nothing
+    ranks, s, i = exact_positive_ranks(torch.ones(2, 4), torch.ones(1, 4), torch.tensor([[0], [-1]]), k=3)
+    assert ranks.tolist() == [[1.0], [0.0]] and s.tolist() == [[4.0], [4.0]] and i.tolist() == [[0], [0]]
+    ranks, s, i = exact_positive_ranks(torch.ones(0, 4), torch.ones(3, 4), torch.zeros(0, 2, dtype=torch.long), k=2)  # no query
+    assert ranks.shape == (0, 2) and s.shape == (0, 2) and i.shape == (0, 2)
+
+
+def test_the_tie_band_is_closed_at_both_ends_in_float32():
+    # a positive at 0.5; images exactly at the float32 ends of its band 0.5 +- eps are tied with it
+    # (neither above nor below), the next float past the top end is above: 1 + 1 + 2 / 2 = 3
+    half = torch.tensor(0.5)
+    top, bottom = half + TIE_EPS, half - TIE_EPS  # float32, as the counts compute them
+    past = torch.nextafter(top, torch.tensor(1.0))
+    g = torch.stack([half, top, bottom, past, torch.tensor(-1.0)])[:, None] * torch.tensor([[1.0, 0.0]])  # [5, 2]
+    ranks, _, _ = exact_positive_ranks(torch.tensor([[1.0, 0.0]]), g, torch.tensor([[0]]))
+    assert ranks.tolist() == [[3.0]]
+
+
+def test_count_above_is_the_comparison_count():
+    gen = torch.Generator().manual_seed(1)
+    values = torch.randint(-3, 4, (5, 40), generator=gen).float() / 2  # values equal to thresholds
+    thresholds = torch.randint(-4, 5, (5, 7), generator=gen).float() / 2  # repeated thresholds
+    thresholds[0] = 0.5  # all the same
+    naive = (values[:, None, :] > thresholds[:, :, None]).sum(dim=-1)  # [5, 7]
+    assert torch.equal(count_above(values, thresholds), naive)
+    assert count_above(values, thresholds).tolist()[0] == [int((values[0] > 0.5).sum())] * 7
+
+
+# ---- the device rule ------------------------------------------------------------------------------
+
+
+def _tiny_gallery(embeddings: torch.Tensor) -> Gallery:
+    n = embeddings.shape[0]
+    return Gallery(embeddings, torch.arange(n) // 2, [f"k{i}" for i in range(n)], ["d"] * n, [{} for _ in range(n)])
+
+
+def test_gallery_is_copied_to_the_search_device_once():
+    emb = torch.randn(6, 3, dtype=torch.float64)
+    gallery = _tiny_gallery(emb)
+    on_meta = gallery.embeddings_on("meta")  # a second device on a CPU-only machine
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.float32 and on_meta.shape == (6, 3)
+    assert gallery.embeddings_on(torch.device("meta")) is on_meta  # kept, not copied again
+    assert gallery.embeddings is emb  # the gallery itself stays where it was built
+    assert gallery.search_embeddings(torch.zeros(2, 3, device="meta")) is on_meta  # queries on the device: search there
+    on_cpu = gallery.search_embeddings(torch.zeros(2, 3))  # CPU queries, CPU gallery: the CPU, in float32
+    assert on_cpu.device.type == "cpu" and on_cpu.dtype == torch.float32 and torch.equal(on_cpu, emb.float())
+    gallery.embeddings = emb.float()  # replaced embeddings: a new copy, and none when already float32 there
+    assert gallery.embeddings_on("cpu") is gallery.embeddings
+    assert gallery.embeddings_on("meta") is not on_meta

@@ -213,7 +213,8 @@ def _search(
     """``scores, idx`` of the listed candidates, ``best [Q]`` and ``positive ranks [Q, P]`` of one round.
 
     Exact without a ``rank_depth`` (candidates by top-k, ranks by counting, no full sort); else
-    the backend's top-``depth`` lists.
+    the backend's top-``depth`` lists. On the search device (the retriever's GPU when it has
+    one; ``dlgpr.search.search_device``), results on the CPU.
     """
     if rank_depth is None:
         return exact_search(emb.float(), gallery, rows, min(top_k, len(gallery)))
@@ -226,13 +227,13 @@ def _question_requests(
 ) -> list[QuestionRequest]:
     """What the questioner sees for each query: the shown candidates ``idx [Q, shown]`` with their
     ``scores``, or the query's fixed candidate set scored against this round's query ``emb``."""
-    gallery_emb = gallery.embeddings.float()
 
     def shown(i: int) -> tuple[Candidate, ...]:
         if candidate_sets is None:
             return tuple(gallery.candidate(int(j), float(s)) for j, s in zip(idx[i], scores[i]))
-        rows = torch.as_tensor(list(candidate_sets[i]), dtype=torch.long)
-        row_scores = (gallery_emb[rows] @ emb[i].float()).tolist()  # [C]
+        gallery_emb = gallery.search_embeddings(emb)  # [G, D] on the search device, copied once
+        rows = torch.as_tensor(list(candidate_sets[i]), dtype=torch.long, device=gallery_emb.device)
+        row_scores = (gallery_emb[rows] @ emb[i].to(gallery_emb.device).float()).tolist()  # [C]
         return tuple(gallery.candidate(int(j), s) for j, s in zip(rows.tolist(), row_scores))
 
     return [

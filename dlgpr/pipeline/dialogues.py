@@ -102,7 +102,8 @@ def compact_candidate_sets(
     emb = retriever.embed_texts([q.target.description for q in queries]).float()  # [Q, D]
     sets, roles = [], []
     depth = min(len(gallery), 8 * (num_hard_negatives + 1) + 8)
-    _, top = topk_search(emb, gallery.embeddings.float(), depth, backend="torch")  # [Q, depth]: one batched search
+    _, top = topk_search(emb, gallery.search_embeddings(emb), depth, backend="torch")  # [Q, depth]: one batched search
+    top = top.cpu()
     place_of = gallery.place_ids.tolist()
     for i, q in enumerate(queries):
         rows = by_place.get(q.target.place_id, [])
