@@ -21,3 +21,25 @@ def configure_offline_env() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
+
+
+def restore_pil_open() -> None:
+    """Undo ultralytics' replacement of ``PIL.Image.open``; call right after importing ultralytics.
+
+    On import, ultralytics wraps ``Image.open``: when Pillow cannot identify a file, the wrapper
+    tries to import pi-heif (for HEIC photos) and, that package being absent here, raises
+    ``ModuleNotFoundError`` instead of ``PIL.UnidentifiedImageError``. Every reader of the project
+    counts an unreadable image as a bad sample by catching Pillow's own errors (``OSError``), so
+    in a process that has imported ultralytics one corrupt file would stop a long run. Restoring
+    Pillow's function keeps those errors what they are (HEIC/HEIF files are then not readable,
+    as without ultralytics).
+    """
+    try:
+        from PIL import Image
+        from ultralytics.utils import patches
+    except ImportError:
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
+

@@ -163,6 +163,9 @@ class YOLOWorldGrounder:
         import open_clip
         from ultralytics.nn.tasks import WorldModel
 
+        from dlgpr._env import restore_pil_open
+
+        restore_pil_open()  # a corrupt image must stay Pillow's error, a counted bad sample
         self.config = config
         self.device = torch.device(config.device)
         # Built with the yaml's own class count: the head's width depends on it, so checkpoints

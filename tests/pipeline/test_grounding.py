@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dlgpr._env import restore_pil_open
 from dlgpr.data.schema import Region
 from dlgpr.pipeline.grounding import GroundedPhrase, GroundingConfig, YOLOWorldGrounder, _detector_state_dict, boxes_to_unit, letterbox, to_regions
 
@@ -196,3 +197,19 @@ def test_grounding_config_validation() -> None:
         GroundingConfig(imgsz=100)
     with pytest.raises(ValueError, match="conf"):
         GroundingConfig(conf=1.5)
+
+
+def test_a_corrupt_image_stays_a_pillow_error_once_the_detector_is_loaded(grounder: YOLOWorldGrounder) -> None:
+    """ultralytics replaces Image.open on import with a wrapper whose HEIF fallback raises
+    ModuleNotFoundError on a file Pillow cannot identify; readers count OSError as a bad sample."""
+    import io
+
+    from PIL import UnidentifiedImageError
+    from ultralytics.utils import patches
+
+    assert Image.open is patches._image_open  # the grounder restored Pillow's own function
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"not an image"))
+    Image.open = patches.image_open  # as a bare ultralytics import leaves it
+    restore_pil_open()
+    assert Image.open is patches._image_open
