@@ -39,7 +39,7 @@ from transformers import BatchEncoding, BatchFeature, PreTrainedModel, PreTraine
 from dlgpr.data.turns import Question, QuestionRequest
 from dlgpr.models.reply_format import extract_question, parse_question
 from dlgpr.models.prompting import SHOW_IMAGES, Messages, PromptConfig, PromptEncoder, generate
-from dlgpr.models.questioner import DTYPES, PolicyConfig, load_policy
+from dlgpr.models.questioner import DTYPES, PolicyConfig, exported_prompt, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,11 @@ class DQPilotQuestioner(HFQuestioner):
     """A policy exported by ``SFTModule`` / ``GRPOModule`` (their ``export_dir``), for evaluation.
 
     ``path`` is the export directory: full weights, or a LoRA adapter that is merged into its
-    recorded base on load (``dlgpr.models.questioner.load_policy``). The prompt limits must be
-    the ones the policy was trained with (``max_description_words``, ``max_prompt_tokens``).
-    Greedy decoding and the strict DQ-Pilot format by default.
+    recorded base on load (``dlgpr.models.questioner.load_policy``). The prompt limits
+    (``max_description_words``, ``max_prompt_tokens``, ``show_images``) default to those the
+    policy was trained with, which the export records; an export that does not record them gets
+    40 words, 1,024 tokens and ``auto``. A value given here that differs from the trained one is
+    used, with a warning. Greedy decoding and the strict DQ-Pilot format by default.
     """
 
     def __init__(
@@ -237,14 +239,22 @@ class DQPilotQuestioner(HFQuestioner):
         path: str,
         max_new_tokens: int = 192,
         batch_size: int = 32,
-        max_description_words: int = 40,
-        max_prompt_tokens: int = 1024,
-        show_images: str = "auto",
+        max_description_words: int | None = None,
+        max_prompt_tokens: int | None = None,
+        show_images: str | None = None,
         dtype: str = "float32",
         device: str = "auto",
         do_sample: bool = False,
         temperature: float = 1.0,
     ) -> None:
+        trained = exported_prompt(path)
+        given = {"max_description_words": max_description_words, "max_prompt_tokens": max_prompt_tokens, "show_images": show_images}
+        fallback = {"max_description_words": 40, "max_prompt_tokens": 1024, "show_images": "auto"}
+        for name, value in given.items():
+            if value is not None and name in trained and value != trained[name]:
+                log.warning("%s: %s=%r differs from the %r the policy was trained with", path, name, value, trained[name])
+        max_description_words, max_prompt_tokens, show_images = (
+            given[n] if given[n] is not None else trained.get(n, fallback[n]) for n in ("max_description_words", "max_prompt_tokens", "show_images"))
         config = HFQuestionerConfig(model=path, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device,
                                     max_description_words=max_description_words, max_prompt_tokens=max_prompt_tokens,
                                     show_images=show_images, do_sample=do_sample, temperature=temperature)

@@ -10,7 +10,10 @@ Three ways to get a policy (:class:`PolicyConfig`):
   tokenizer's directory; ``scripts/build_dialogues.py`` writes it);
 * a policy exported by a dlgpr module (:func:`export_policy`): a full model directory, or a LoRA
   adapter directory with ``dlgpr_policy.json`` naming its base; the adapter is merged on load,
-  so GRPO starts from the SFT weights and its own fresh adapter sits on top of them.
+  so GRPO starts from the SFT weights and its own fresh adapter sits on top of them. The GRPO
+  export of such a chain is one adapter on the raw base (the SFT and GRPO adapters stacked into
+  one LoRA of rank r_SFT + r_GRPO, :func:`stack_lora_adapters`), so plain peft or vLLM's LoRA
+  loading gives the trained policy without dlgpr.
 
 LoRA goes through peft (:class:`LoRAConfig`). With an adapter, the frozen base is the reference
 policy of GRPO (``model.disable_adapter()``).
@@ -226,21 +229,107 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def export_policy(model: PreTrainedModel, processor: Any, out_dir: str | Path, base: PolicyConfig) -> Path:
+def export_policy(model: PreTrainedModel, processor: Any, out_dir: str | Path, base: PolicyConfig,
+                  prompt: Any | None = None) -> Path:
     """Save the policy for evaluation or the next stage: the LoRA adapter only (with ``base``
-    recorded in ``dlgpr_policy.json``), or the full model when it has no adapter."""
+    recorded in ``dlgpr_policy.json``), or the full model when it has no adapter.
+
+    When ``base`` is itself an adapter export (GRPO on top of an SFT adapter), the two adapters
+    are stacked into one adapter on the raw base (:func:`stack_lora_adapters`): the export's
+    ``adapter_config.json`` then names the model it really applies to. ``prompt`` (a
+    :class:`~dlgpr.models.prompting.PromptConfig`) records the prompt limits the policy was
+    trained with; :class:`~dlgpr.dialogue.hf.DQPilotQuestioner` uses them by default.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vlm = is_vlm(processor)
     if is_peft(model):
         if base.scratch is not None:
             raise ValueError("a LoRA adapter on a scratch-built base cannot be exported (the base weights are random): train it without lora")
-        # the base may itself be an export (GRPO on top of SFT): loading resolves the chain
         model.save_pretrained(str(out))
-        meta = {"kind": "adapter", "base": {k: v for k, v in asdict(base).items() if k != "scratch"}, "vlm": vlm}
+        base_meta = _export_meta(Path(base.model))
+        if base_meta is not None and base_meta.get("kind") == "adapter":
+            stack_lora_adapters(Path(base.model), out, out)
+            meta = {"kind": "adapter", "base": base_meta["base"], "vlm": vlm, "stacked_on": str(base.model)}
+        else:
+            meta = {"kind": "adapter", "base": {k: v for k, v in asdict(base).items() if k != "scratch"}, "vlm": vlm}
     else:
         model.save_pretrained(str(out))
         meta = {"kind": "full", "vlm": vlm}
+    if prompt is not None:
+        meta["prompt"] = asdict(prompt)
     processor.save_pretrained(str(out))
     (out / POLICY_FILE).write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def _export_meta(path: Path) -> dict[str, Any] | None:
+    """``dlgpr_policy.json`` of an export directory, or None when ``path`` is not one."""
+    try:
+        return json.loads((path / POLICY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def exported_prompt(path: str | Path) -> dict[str, Any]:
+    """The prompt limits an export was trained with (empty when it does not record them)."""
+    meta = _export_meta(Path(path))
+    return dict(meta.get("prompt") or {}) if meta else {}
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def stack_lora_adapters(first: Path, second: Path, out: Path) -> Path:
+    """One LoRA adapter equal to ``first`` then ``second`` applied on top (written to ``out``).
+
+    LoRA adds ``s * B @ A`` (``s = alpha / r``) to a weight; two adapters add ``s1 B1 A1 + s2 B2
+    A2 = [s1 B1, s2 B2] @ [A1; A2]``: one adapter of rank ``r1 + r2`` with ``alpha = r1 + r2``
+    (scaling 1), exact up to float rounding. Modules adapted by only one of them get zero
+    blocks from the other. The result names ``first``'s base model, so it loads on the raw base.
+    Plain LoRA only (no DoRA, no bias, no ``modules_to_save``).
+    """
+    from safetensors.torch import load_file, save_file
+
+    configs, weights = [], []
+    for path in (first, second):
+        try:
+            configs.append(json.loads((path / ADAPTER_CONFIG).read_text()))
+            weights.append(load_file(str(path / ADAPTER_WEIGHTS)))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a LoRA adapter export ({exc})") from None
+    for path, cfg in zip((first, second), configs):
+        unsupported = [k for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern", "alpha_pattern")
+                       if cfg.get(k) not in (None, False, {}, [])] + ([] if cfg.get("bias", "none") == "none" else ["bias"])
+        if unsupported or cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{path}: only plain LoRA adapters can be stacked (found {unsupported or cfg.get('peft_type')})")
+    r = [int(c["r"]) for c in configs]
+    scale = [float(c["lora_alpha"]) / ri for c, ri in zip(configs, r)]
+    modules = sorted({k[: -len(".lora_A.weight")] for w in weights for k in w if k.endswith(".lora_A.weight")})
+    stacked: dict[str, torch.Tensor] = {}
+    for m in modules:
+        a_parts, b_parts, shape = [], [], None
+        for w in weights:
+            if f"{m}.lora_A.weight" in w:
+                shape = (w[f"{m}.lora_B.weight"].shape[0], w[f"{m}.lora_A.weight"].shape[1])
+        for w, ri, si in zip(weights, r, scale):
+            a, b = w.get(f"{m}.lora_A.weight"), w.get(f"{m}.lora_B.weight")
+            if a is None:
+                a_parts.append(torch.zeros(ri, shape[1]))  # type: ignore[index]
+                b_parts.append(torch.zeros(shape[0], ri))  # type: ignore[index]
+            else:
+                a_parts.append(a.float())
+                b_parts.append(b.float() * si)
+        dtype = next(w[f"{m}.lora_A.weight"].dtype for w in weights if f"{m}.lora_A.weight" in w)
+        stacked[f"{m}.lora_A.weight"] = torch.cat(a_parts, dim=0).to(dtype).contiguous()
+        stacked[f"{m}.lora_B.weight"] = torch.cat(b_parts, dim=1).to(dtype).contiguous()
+    config = dict(configs[1])
+    rank = sum(r)
+    targets = sorted(set(configs[0].get("target_modules") or []) | set(configs[1].get("target_modules") or []))
+    config.update(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets,
+                  base_model_name_or_path=configs[0].get("base_model_name_or_path"))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(stacked, str(out / ADAPTER_WEIGHTS))
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return out

@@ -136,7 +136,7 @@ class QuestionerModule(LightningModule):
 
     def export(self, out_dir: str | Path) -> Path:
         """Write the policy (adapter, or full weights) + processor for evaluation or the next stage."""
-        return export_policy(self.model, self.processor, out_dir, self.policy_config)
+        return export_policy(self.model, self.processor, out_dir, self.policy_config, self.prompt)
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
