@@ -36,6 +36,30 @@ def test_configs_are_all_covered():
     assert TRAIN_CONFIGS and EVAL_CONFIGS and OVERRIDE_CONFIGS and BUILD_CONFIGS and PRETRAIN_CONFIGS and WORLD_CONFIGS
 
 
+def _endpoints(node):
+    """Every mapping with a ``base_url`` in a parsed config (ChatAPIConfigs, wherever they sit)."""
+    if isinstance(node, dict):
+        if "base_url" in node:
+            yield node
+        for value in node.values():
+            yield from _endpoints(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _endpoints(value)
+
+
+def test_local_endpoints_name_the_model_as_vllm_serves_it():
+    """vLLM / SGLang serve a model under the hub id they were given (``Qwen/Qwen2.5-72B-Instruct``);
+    a bare ``Qwen2.5-72B-Instruct`` fails every request with 404 unless the server was started with
+    ``--served-model-name``, which no config says."""
+    import yaml
+
+    local = [(c.name, e["model"]) for c in CONFIGS for e in _endpoints(yaml.safe_load(c.read_text()))
+             if e["base_url"].startswith(("http://127.0.0.1", "http://localhost"))]
+    assert ("dqpilot_grpo_qwen25vl7b.yaml", "Qwen/Qwen2.5-72B-Instruct") in local
+    assert [(name, model) for name, model in local if "/" not in model] == []
+
+
 @pytest.mark.parametrize("config", WORLD_CONFIGS, ids=[c.stem for c in WORLD_CONFIGS])
 def test_world_configs_are_valid_synthcities_settings(config):
     """A world preset holds SynthCitiesConfig fields only, with values the config accepts."""

@@ -8,7 +8,9 @@ to the same API, so one small client serves them:
   OpenAI chat format, lets the ``openai`` client do its own retries (exponential backoff on
   429 / 5xx / timeouts / connection errors, ``Retry-After`` honoured), and never raises on a
   bad reply: a request that still fails after its retries comes back as ``ok=False`` with a
-  short error kind, so one broken request never stops a dialogue round.
+  short error kind, so one broken request never stops a dialogue round. A request sends
+  exactly what its :class:`ChatAPIConfig` sets (:meth:`ChatAPIConfig.body_fields`): optional
+  sampling fields only when set, a ``response_format``, and server extras (``extra_body``).
 - :class:`APIQuestioner` and :class:`LLMAnswerer` implement the ``Questioner`` / ``Answerer``
   protocols of :mod:`dlgpr.dialogue.types`; the requests of a round run concurrently, at most
   ``max_concurrency`` at a time.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import threading
@@ -52,6 +55,11 @@ EMPTY_REPLY = "empty_reply"
 MALFORMED_REPLY = "malformed_reply"
 """A 200 response that is not a chat completion (not JSON, no choices, no message)."""
 
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+"""The ``response_format`` types of the OpenAI chat API (vLLM and SGLang take the same)."""
+RESERVED_BODY_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens", "response_format", "stream"})
+"""Request-body fields a :class:`ChatAPIConfig` sets itself, refused in its ``extra_body``."""
+
 
 @dataclass
 class ChatAPIConfig:
@@ -69,10 +77,20 @@ class ChatAPIConfig:
     """Retries per request after the first attempt, with exponential backoff (openai client)."""
     max_concurrency: int = 8
     """Most requests in flight at once within one round."""
-    temperature: float = 0.0
-    """Sampling temperature (0: as deterministic as the server allows)."""
-    max_tokens: int = 512
-    """Most tokens generated per reply."""
+    temperature: float | None = 0.0
+    """Sampling temperature (0: as deterministic as the server allows; None: not sent, the server's
+    default; reasoning models such as OpenAI's o-series reject the field)."""
+    max_tokens: int | None = 512
+    """Most tokens generated per reply (None: not sent; reasoning models reject it and take
+    ``extra_body: {max_completion_tokens: N}`` instead)."""
+    response_format: dict[str, Any] | None = None
+    """Sent as the request's ``response_format`` when set, e.g. ``{"type": "json_object"}`` for a JSON
+    reply, or ``{"type": "json_schema", "json_schema": {...}}`` (None: not sent)."""
+    extra_body: dict[str, Any] | None = None
+    """More fields merged into the request body as they are, for what the server offers beyond the
+    OpenAI API: vLLM / SGLang guided decoding (``{"guided_json": {...}}``, ``{"guided_choice": [...]}``),
+    ``{"chat_template_kwargs": {"enable_thinking": false}}``, ``{"top_k": 20}``, ``max_completion_tokens``.
+    Fields this config sets itself (model, messages, temperature, max_tokens, response_format, stream) are refused."""
     send_images: bool = False
     """Show candidates to the questioner as JPEG images (vision endpoints) instead of their descriptions."""
     requests_per_minute: float | None = None
@@ -92,12 +110,34 @@ class ChatAPIConfig:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2] or None, got {self.temperature}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
+        if self.response_format is not None and (not isinstance(self.response_format, dict)
+                                                 or self.response_format.get("type") not in RESPONSE_FORMAT_TYPES):
+            raise ValueError(f"response_format must be None or a dict whose type is one of {RESPONSE_FORMAT_TYPES}, got {self.response_format!r}")
+        clash = sorted(set(self.extra_body or {}) & RESERVED_BODY_FIELDS)
+        if clash:
+            raise ValueError(f"extra_body must not set {clash}: set them with the config's own fields (stream is never sent)")
         if self.requests_per_minute is not None and not self.requests_per_minute > 0:
             raise ValueError(f"requests_per_minute must be > 0 or None, got {self.requests_per_minute}")
+
+    def body_fields(self) -> dict[str, Any]:
+        """The request-body fields beside ``model`` and ``messages``: the optional ones that are set,
+        then ``extra_body``. Exactly what each request of a :class:`ChatClient` sends."""
+        fields = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
+        return {**{k: v for k, v in fields.items() if v is not None}, **(self.extra_body or {})}
+
+    def reply_settings(self) -> str:
+        """What besides the prompt and the model changes the replies, as a cache key part
+        (``t=0.0/max_tokens=512`` for a config that sets nothing else, as before these fields existed)."""
+        key = f"t={self.temperature}/max_tokens={self.max_tokens}"
+        if self.response_format is not None:
+            key += "/response_format=" + json.dumps(self.response_format, sort_keys=True)
+        if self.extra_body:
+            key += "/extra_body=" + json.dumps(self.extra_body, sort_keys=True)
+        return key
 
 
 @dataclass(frozen=True)
@@ -231,11 +271,12 @@ class ChatClient:
 
     def _request(self, messages: list[dict[str, Any]]) -> ChatResult:
         try:
+            # every optional field through extra_body, which the openai client merges into the JSON
+            # body as it is: a field left unset is then absent, not sent as null
             completion = self._openai.chat.completions.create(
                 model=self.config.model,
                 messages=messages,  # type: ignore[arg-type]
-                temperature=self.config.temperature,
-                max_tokens=self.config.max_tokens,
+                extra_body=self.config.body_fields(),
             )
         except openai.OpenAIError as err:
             # The class name only: messages can quote the request, or the key on a 401.

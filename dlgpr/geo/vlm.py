@@ -159,8 +159,7 @@ class EndpointGeoPredictor:
         self.client = ChatClient(replace(api, max_retries=0))
         prompt_sha = hashlib.sha256(f"{GLOBE_SYSTEM}\n{GLOBE_PROMPT}".encode()).hexdigest()[:8]
         # what else changes the reply: sampling settings and the image size sent
-        self.cache_version = (f"{GLOBE_PROMPT_VERSION}@{prompt_sha}/t={api.temperature}/max_tokens={api.max_tokens}"
-                              f"/side={image_max_side}")
+        self.cache_version = f"{GLOBE_PROMPT_VERSION}@{prompt_sha}/{api.reply_settings()}/side={image_max_side}"
         self.stats: Counter = Counter()
 
     def __repr__(self) -> str:

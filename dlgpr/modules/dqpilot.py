@@ -16,7 +16,8 @@ copy of the starting weights). Nothing in the loop knows what a reward measures:
 config passes the retrieval gain and the format reward, the GLOBE recipe its own.
 
 A non-finite reward, advantage or loss aborts the step before any weight changes (logged with
-the reason and counted in ``train/aborted_steps``); the run goes on with the next batch.
+the reason and counted in ``train/aborted_steps``); the run goes on with the next batch. A
+simulated user that keeps failing (``dlgpr.rewards.AnswererFailing``) stops the run instead.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ class GRPOModule(QuestionerModule):
             scored = self.score(batch, roll)
             t2 = time.perf_counter()
             stats = self.grpo_step(roll, scored.advantages)
-        except (FloatingPointError, ValueError) as exc:
+        except (FloatingPointError, ValueError) as exc:  # not AnswererFailing: a dead user would fail every batch, the run stops
             self.aborted_steps += 1
             # the message says when earlier inner iterations already stepped (num_iterations > 1)
             log.error("GRPO step %d aborted before this update: %s", self.global_step, exc)

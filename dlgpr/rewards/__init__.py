@@ -11,9 +11,9 @@ from dlgpr.rewards.base import (
     combine_rewards,
 )
 from dlgpr.rewards.format import FormatReward
-from dlgpr.rewards.retrieval_gain import RetrievalGainReward
+from dlgpr.rewards.retrieval_gain import AnswererFailing, RetrievalGainReward
 
 __all__ = [
     "RewardFunction", "ProfiledReward", "FAILURE_KINDS", "UNANSWERABLE", "ANSWER_FAILURE", "RewardProfile", "WeightedReward",
-    "combine_rewards", "check_failure_order", "FormatReward", "RetrievalGainReward",
+    "combine_rewards", "check_failure_order", "FormatReward", "RetrievalGainReward", "AnswererFailing",
 ]

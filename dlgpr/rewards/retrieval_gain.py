@@ -13,6 +13,13 @@ a completion not in the ``<think>..</think><question>..</question>`` format or w
 question (``format_failures``), a question the user cannot answer ("I don't know":
 ``unanswerable``), or no answer (``answer_failures``). A target with no image in the gallery is
 the data's fault, not the reply's: the question scores 0 and ``target_not_in_gallery`` counts it.
+
+A simulated user that keeps failing is not a reply's fault either, but a dead endpoint, a model
+name the server does not serve or a refused key: every sample would score ``failure_value``, the
+group advantages would be all zero and the run would train on nothing without a word. So
+``max_consecutive_answer_failures`` failed answers in a row (across calls; any answer resets the
+count) raise :class:`AnswererFailing`, which stops the run with one line naming the answerer (for
+``LLMAnswerer`` its base_url and model) and the error kinds. Isolated failures are counted only.
 """
 
 from __future__ import annotations
@@ -32,7 +39,15 @@ from dlgpr.ranking import Gallery, gallery_positive_ranks
 from dlgpr.retrieval import ModuleTextRetriever, TextRetriever, encode_gallery, load_retriever
 from dlgpr.rewards.base import FAILURE_KINDS, UNANSWERABLE, RewardProfile
 
-__all__ = ["RetrievalGainReward"]
+__all__ = ["AnswererFailing", "RetrievalGainReward"]
+
+EMPTY_ANSWER = "empty_answer"
+"""The error kind of an answer that came back ok but blank."""
+
+
+class AnswererFailing(RuntimeError):
+    """The simulated user failed too many answers in a row to go on (not caught by ``GRPOModule``'s
+    step, which skips only a batch with a bad reward value)."""
 
 
 class RetrievalGainReward:
@@ -52,6 +67,11 @@ class RetrievalGainReward:
         failure_value: the reward of a failed reply (malformed, blank question, unanswerable, no
             answer); it must be below -1, the lowest clamped PRG.
         batch_size: texts per encoder call.
+        max_consecutive_answer_failures: failed answers in a row (across calls) that raise
+            :class:`AnswererFailing` (None: never). A setting of the reward, not of the answerer:
+            the reward is where a failed answer silently becomes a training signal, it holds for
+            every answerer, and the dialogue evaluation and the corpus builder, which use the same
+            answerers, record each failed turn instead.
     """
 
     def __init__(
@@ -64,9 +84,12 @@ class RetrievalGainReward:
         clamp: bool = True,
         failure_value: float = -1.5,
         batch_size: int = 256,
+        max_consecutive_answer_failures: int | None = 20,
     ) -> None:
         if not failure_value < -1.0:
             raise ValueError(f"failure_value must be below -1 (the lowest PRG a question can earn), got {failure_value}")
+        if max_consecutive_answer_failures is not None and max_consecutive_answer_failures < 1:
+            raise ValueError(f"max_consecutive_answer_failures must be >= 1 or None, got {max_consecutive_answer_failures}")
         self.retriever_path = retriever
         self.data_dir = data_dir
         self.splits = list(splits) if splits is not None else ["train", "val"]
@@ -75,6 +98,8 @@ class RetrievalGainReward:
         self.clamp = clamp
         self.failure_value = float(failure_value)
         self.batch_size = batch_size
+        self.max_consecutive_answer_failures = max_consecutive_answer_failures
+        self._failure_streak: Counter = Counter()  # error kinds of the failed answers since the last answer
         self._retriever: TextRetriever | None = None
         self._gallery: Gallery | None = None
         self.last_stats: Counter = Counter()
@@ -129,7 +154,10 @@ class RetrievalGainReward:
             text = " ".join(a.text.split()) if a.ok else ""
             if not a.ok or not text:
                 stats["answer_failures"] += 1
-            elif text.lower() in self.unanswerable:
+                self._answer_failed(a.error or EMPTY_ANSWER)
+                continue
+            self._failure_streak.clear()
+            if text.lower() in self.unanswerable:
                 stats[UNANSWERABLE] += 1
             elif gallery.num_positives(target[i].place_id) == 0:
                 stats["target_not_in_gallery"] += 1
@@ -150,3 +178,13 @@ class RetrievalGainReward:
         stats["answered"] = len(informative)
         self.last_stats = stats
         return values
+
+    def _answer_failed(self, kind: str) -> None:
+        self._failure_streak[kind] += 1
+        n, limit = sum(self._failure_streak.values()), self.max_consecutive_answer_failures
+        if limit is not None and n >= limit:
+            kinds = ", ".join(f"{k} x{v}" for k, v in self._failure_streak.most_common())
+            raise AnswererFailing(
+                f"the simulated user failed {n} answers in a row ({kinds}) at {self.answerer!r}: is the server up and serving "
+                f"this model name? Stopping, as every reward would be the failure value (max_consecutive_answer_failures={limit})"
+            )

@@ -235,3 +235,43 @@ def test_plugir_with_a_chat_model_over_the_api(fake_openai):
     # the fake rewrite keeps the answers only ('The door is red.'): the two red doors tie at the top
     assert res.ranks[0, -1] == 1.5
     assert lm.failures == 0
+
+
+@pytest.mark.parametrize(
+    "settings, sent",
+    [
+        ({}, {"temperature": 0.0, "max_tokens": 512}),  # the defaults, as before these settings existed
+        # a reasoning model: no sampling fields, its own token bound
+        ({"temperature": None, "max_tokens": None, "extra_body": {"max_completion_tokens": 256}}, {"max_completion_tokens": 256}),
+        # vLLM / SGLang: a JSON reply, guided decoding, template switches
+        ({"temperature": 0.7, "max_tokens": None, "response_format": {"type": "json_object"},
+          "extra_body": {"guided_json": {"type": "object", "properties": {"answer": {"type": "string"}}},
+                         "chat_template_kwargs": {"enable_thinking": False}}},
+         {"temperature": 0.7, "response_format": {"type": "json_object"},
+          "guided_json": {"type": "object", "properties": {"answer": {"type": "string"}}},
+          "chat_template_kwargs": {"enable_thinking": False}}),
+    ],
+    ids=["defaults", "reasoning_model", "json_and_guided"],
+)
+def test_request_body_holds_exactly_what_is_configured(fake_openai, settings, sent):
+    answerer = LLMAnswerer(config(fake_openai, **settings))
+    assert answerer.answer([answer_request("What colour is the door?")]) == [Answer(text="The wooden door is painted blue.")]
+    body = fake_openai.requests[0].body
+    assert {k: v for k, v in body.items() if k != "messages"} == {"model": "fake-model", **sent}
+
+
+def test_optional_settings_are_validated():
+    with pytest.raises(ValueError, match="extra_body must not set \\['max_tokens', 'model'\\]"):
+        ChatAPIConfig(extra_body={"model": "other", "max_tokens": 3, "top_k": 20})
+    with pytest.raises(ValueError, match="response_format"):
+        ChatAPIConfig(response_format={"type": "xml"})
+    with pytest.raises(ValueError, match="temperature"):
+        ChatAPIConfig(temperature=3.0)
+
+
+def test_reply_settings_key_every_setting_that_changes_replies():
+    # unchanged for configs without the new settings, so existing response caches stay valid
+    assert ChatAPIConfig().reply_settings() == "t=0.0/max_tokens=512"
+    keys = {ChatAPIConfig(**s).reply_settings() for s in
+            [{}, {"temperature": None}, {"response_format": {"type": "json_object"}}, {"extra_body": {"top_k": 20}}]}
+    assert len(keys) == 4

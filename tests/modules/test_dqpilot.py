@@ -36,7 +36,7 @@ from dlgpr.models.questioner import (
 )
 from dlgpr.modules.dqpilot import GRPOConfig, GRPOModule, Rollout, SFTModule
 from dlgpr.modules.optim import OptimConfig
-from dlgpr.rewards import FormatReward, WeightedReward
+from dlgpr.rewards import AnswererFailing, FormatReward, WeightedReward
 from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_tokenizer
 from tests.helpers.shards import make_tiny_dataset
 
@@ -380,6 +380,19 @@ def test_grpo_aborts_a_step_on_a_bad_reward(bad: Any, corpus: dict[str, Path], t
     assert module.aborted_steps == 1 and trainer.global_step == 0
     assert float(trainer.callback_metrics["train/aborted_steps"]) == 1
     assert all(torch.equal(p.detach(), before[n]) for n, p in module.model.named_parameters())
+
+
+class DeadUser:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
+        raise AnswererFailing("the simulated user failed 20 answers in a row (api_error:NotFoundError x20)")
+
+
+def test_grpo_stops_when_the_simulated_user_keeps_failing(corpus: dict[str, Path], text_policy: Path, tmp_path: Path) -> None:
+    # unlike a bad reward value (one batch skipped), a dead endpoint would fail every batch: the run stops
+    module = grpo_module(text_policy, tmp_path, rewards=[WeightedReward("ok", LengthReward()), WeightedReward("user", DeadUser())])
+    with pytest.raises(AnswererFailing, match="NotFoundError x20"):
+        fit(module, datamodule(corpus, "grpo"), max_epochs=1, limit_train_batches=1)
+    assert module.aborted_steps == 0
 
 
 class ScriptedReward:

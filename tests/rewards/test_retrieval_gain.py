@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from dlgpr.dialogue.answerers import OracleAnswerer
+from dlgpr.dialogue.api import ChatAPIConfig, LLMAnswerer
 from dlgpr.data.turns import Answer, AnswerRequest, Target, Turn
 from dlgpr.metrics import prg
 from dlgpr.ranking import Gallery
-from dlgpr.rewards import RetrievalGainReward
+from dlgpr.rewards import AnswererFailing, RetrievalGainReward
+from dlgpr.testing.openai_server import FakeOpenAIServer, Fault, message_text
 
 D0 = "a building near a shop"
 HISTORY = (Turn(question="Is there a tree?", answer="There is a tree on the left."),)
@@ -111,3 +113,46 @@ def test_a_target_missing_from_the_gallery_scores_zero_and_is_counted() -> None:
     assert values == [0.0]
     assert reward.last_stats["target_not_in_gallery"] == 1 and reward.last_stats["answered"] == 0
     assert retriever.calls == []
+
+
+def llm_reward(server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, limit: int) -> RetrievalGainReward:
+    """The reward with an LLM user on the fake server, no retries (one request per answer), a key set."""
+    monkeypatch.setenv("USER_KEY", "sk-SECRET-0123")
+    config = ChatAPIConfig(base_url=server.base_url, model="Qwen/Qwen2.5-72B-Instruct", api_key_env="USER_KEY", max_retries=0, timeout_s=5.0)
+    return RetrievalGainReward.from_parts(StubRetriever(), gallery(), LLMAnswerer(config), max_consecutive_answer_failures=limit)
+
+
+def test_an_answerer_failing_every_request_stops_the_run_naming_its_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAIServer() as server:
+        server.policy = lambda body: Fault.SERVER_ERROR
+        reward = llm_reward(server, monkeypatch, limit=5)
+        assert call(reward, [DOOR, NO_FORMAT, NUMBER, DOOR]) == [-1.5] * 4  # 3 failed answers: below the limit, counted
+        assert reward.last_stats["answer_failures"] == 3
+        with pytest.raises(AnswererFailing) as err:
+            call(reward, [DOOR, NUMBER])  # the streak goes on across calls: 5 in a row
+    message = str(err.value)
+    assert "\n" not in message and "failed 5 answers in a row (api_error:InternalServerError x5)" in message
+    assert f"base_url='{server.base_url}'" in message and "model='Qwen/Qwen2.5-72B-Instruct'" in message
+    assert "SECRET" not in message and "USER_KEY" not in message
+
+
+def test_intermittent_answer_failures_are_counted_without_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAIServer() as server:
+        # every house-number question fails, the door questions between them are answered
+        server.policy = lambda body: Fault.SERVER_ERROR if "house number" in message_text(body["messages"][-1]) else None
+        reward = llm_reward(server, monkeypatch, limit=2)
+        for _ in range(3):
+            values = call(reward, [NUMBER, DOOR, NUMBER, DOOR])
+            assert values[0] == values[2] == -1.5 and -1 <= values[1] <= 1
+            assert reward.last_stats["answer_failures"] == 2 and reward.last_stats["answered"] == 2
+        assert len(server.requests) == 12
+
+
+def test_the_failure_limit_is_validated_and_can_be_turned_off() -> None:
+    with pytest.raises(ValueError, match="max_consecutive_answer_failures"):
+        RetrievalGainReward(max_consecutive_answer_failures=0)
+    reward = RetrievalGainReward.from_parts(StubRetriever(), gallery(), FailingAnswerer(), max_consecutive_answer_failures=None)
+    assert call(reward, [DOOR] * 50) == [-1.5] * 50
+    assert reward.last_stats["answer_failures"] == 50
+    with pytest.raises(AnswererFailing, match="timeout x20"):  # the default limit, 20
+        call(RetrievalGainReward.from_parts(StubRetriever(), gallery(), FailingAnswerer()), [DOOR] * 20)
