@@ -1,15 +1,15 @@
 """Build DQ-Cities from a GSV-Cities folder: place shards, then dialogue-ready shards.
 
-    python scripts/build_dqcities.py --config configs/build/dqcities_gsv.yaml                 # text, regions, places
-    python -m dlgpr fit --config configs/cmpl_vitb16.yaml --data.init_args.data_dir data/dqcities/places
-    python scripts/build_dqcities.py --config configs/build/dqcities_gsv.yaml --retriever <ckpt>   # + dialogues
+    python scripts/build_dqcities.py --config configs/build/dqcities_gsv.yaml                       # text, regions, places
+    python -m dlgpr fit --config configs/cmpl_vitb16.yaml                                           # the retriever
+    python scripts/build_dqcities.py --config configs/build/dqcities_gsv.yaml --stages [dialogues]  # + dialogues
     python scripts/build_dqcities.py --config configs/build/dqcities_gsv.yaml --cities [Boston] --limit 20   # a small run
 
 Stages (``--stages``): ``text`` (VLM caption + description per image, OpenAI-compatible API),
 ``regions`` (spaCy maximal noun phrases grounded by YOLO-World), ``places`` (DQ-Cities place
 shards), ``dialogues`` (API teacher over compact candidate sets, PRG / SA / DDI, DDI split,
 dialogue-turn shards). Every stage resumes: rerun the same command after a crash or a kill.
-Docs: docs/DATA.md; code: dlgpr/pipeline/dqcities.py.
+Docs: docs/DATA.md (also the chain on to SFT, GRPO and Table 1); code: dlgpr/pipeline/dqcities.py.
 """
 
 from __future__ import annotations

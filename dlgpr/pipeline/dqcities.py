@@ -14,9 +14,10 @@ dialogues   API teacher CoT dialogues over compact      ``dialogues/work/*.jsonl
             dialogue-turn shards + manifest             and manifest
 ==========  ==========================================  =====================================
 
-The dialogues stage needs a retriever trained on ``places/`` (``configs/cmpl_vitb16.yaml`` with
-``--data.init_args.data_dir <out_dir>/places``): a first run builds the places, a second one,
-given ``retriever``, the dialogues. ``summary.json`` holds counts, failures by kind, requests,
+The dialogues stage needs a retriever trained on ``places/`` (``configs/cmpl_vitb16.yaml``, whose
+``data_dir`` is ``data/dqcities/places``): a first run builds the places, a second one, given
+``retriever`` (``configs/build/dqcities_gsv.yaml`` names the checkpoint that config writes), the
+dialogues; docs/DATA.md walks the whole chain. ``summary.json`` holds counts, failures by kind, requests,
 tokens and time per stage.
 """
 
@@ -49,6 +50,10 @@ log = logging.getLogger("dlgpr.pipeline")
 
 STAGE_NAMES = ("text", "regions", "places", "dialogues")
 DATASET_NAME = "dqcities"
+PLACES_DIR = "places"
+"""The place shards under ``out_dir``: what ``configs/cmpl_vitb16.yaml`` trains on (its ``data_dir``)."""
+DIALOGUES_DIR = "dialogues"
+"""The dialogue-turn shards under ``out_dir``: what ``configs/dqpilot_*_qwen25vl7b.yaml`` train on."""
 
 
 @dataclass
@@ -345,7 +350,7 @@ def build_dqcities(config: DQCitiesBuildConfig) -> dict[str, Any]:
         extra = {"builder": "dlgpr.pipeline.dqcities", "gsv_root": str(c.gsv_root), "cities": scan.cities,
                  "text_model": c.text.api.model, "prompt_versions": sorted({t.get("prompt_version", "") for t in texts.values()}),
                  "split": asdict(c.split)}
-        timed("places", lambda: write_places(images, texts, grounded, out / "places", c.max_samples_per_shard, extra, c.progress))
+        timed("places", lambda: write_places(images, texts, grounded, out / PLACES_DIR, c.max_samples_per_shard, extra, c.progress))
     if "dialogues" in c.stages:
         if c.retriever is None:
             summary["stages"]["dialogues"] = StageStats("dialogues", skipped="no retriever: train one on places/ and pass --retriever").as_dict()
@@ -361,7 +366,7 @@ def run_dialogue_stage(out: Path, retriever: str, config: DialoguesConfig, progr
     teacher = EvidenceTeacherQuestioner(config.teacher.api, config.teacher.prompt, config.teacher.max_regions)
     user = LLMAnswerer(config.user)
     build = CorpusBuildConfig(
-        retriever=retriever, data_dir=out / "places", out_dir=out / "dialogues", corpus=config.corpus, train_split=config.train_split,
+        retriever=retriever, data_dir=out / PLACES_DIR, out_dir=out / DIALOGUES_DIR, corpus=config.corpus, train_split=config.train_split,
         val_split=config.val_split, val_limit=config.val_limit, tokenizer_vocab_size=config.tokenizer_vocab_size,
         max_description_words=config.max_description_words, progress=progress,
     )
@@ -404,5 +409,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DQCitiesBuildConfig", "DialoguesConfig", "RegionsConfig", "STAGE_NAMES", "StageAborted", "TeacherConfig", "build_dqcities", "format_summary",
+__all__ = ["DIALOGUES_DIR", "DQCitiesBuildConfig", "DialoguesConfig", "PLACES_DIR", "RegionsConfig", "STAGE_NAMES", "StageAborted", "TeacherConfig", "build_dqcities", "format_summary",
            "run_dialogue_stage", "run_regions_stage", "run_text_stage", "write_places"]
