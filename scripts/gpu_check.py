@@ -373,7 +373,7 @@ def _build_policy(s: Settings) -> tuple[Any, Any, dict[str, Any]]:
     model.train()
     info = {"params_b": sum(p.numel() for p in model.parameters()) / 1e9,
             "lora_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-            # the configs' target names also match the vision blocks' MLP (gate/up/down_proj): counted apart
+            # adapters inside the vision tower (0 with the configs' exclude_modules: the blocks' MLPs share the target names)
             "lora_params_vision_m": sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".visual." in n) / 1e6,
             "lora_r": lora.r, "gradient_checkpointing": policy_cfg.gradient_checkpointing}
     return model, processor, info

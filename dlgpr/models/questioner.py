@@ -137,6 +137,10 @@ class LoRAConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Module names that get adapters (the language model's attention projections by default)."""
+    exclude_modules: str | list[str] | None = None
+    """Modules that never get an adapter although a target name matches: a regex matched
+    against the full module path, or a list of names. Qwen2.5-VL's vision blocks also have
+    ``gate_proj`` / ``up_proj`` / ``down_proj``: ``".*visual.*"`` keeps the vision tower frozen."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.target_modules:
@@ -220,8 +224,9 @@ def apply_lora(model: PreTrainedModel, lora: LoRAConfig | None) -> PreTrainedMod
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    exclude = lora.exclude_modules if isinstance(lora.exclude_modules, str) or lora.exclude_modules is None else list(lora.exclude_modules)
     peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-                                 task_type="CAUSAL_LM")
+                                 exclude_modules=exclude, task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)
 
 

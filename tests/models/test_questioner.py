@@ -97,3 +97,15 @@ def test_exports_record_their_prompt_limits_and_the_questioner_uses_them(base_di
     bare = export_policy(model, tok, tmp_path / "bare", PolicyConfig(model=str(base_dir)))
     assert exported_prompt(bare) == {}
     assert DQPilotQuestioner(str(bare), device="cpu").config.max_prompt_tokens == 1024
+
+
+def test_exclude_modules_keeps_the_vision_tower_frozen() -> None:
+    from dlgpr.testing.tiny_models import tiny_qwen25vl
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapted = [n for n, p in apply_lora(tiny_qwen25vl()[0], LoRAConfig(target_modules=targets)).named_parameters() if "lora_" in n]
+    assert any(".visual." in n for n in adapted)  # the vision blocks' MLPs share the names
+    model = apply_lora(tiny_qwen25vl()[0], LoRAConfig(target_modules=targets, exclude_modules=".*visual.*"))
+    adapted = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert adapted and not any(".visual." in n for n in adapted)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".visual." in n)
