@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Iterator
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+__all__ = ["EXTRAS", "eval_mode", "require_extra"]
+
+#: Optional dependencies by install extra (``pip install 'dlgpr[build]'``): the base install
+#: trains and evaluates; the dataset builders and the API clients need ``build``, the trl
+#: comparison benchmark ``bench``. ``make install`` installs every extra.
+EXTRAS: dict[str, tuple[str, ...]] = {"build": ("openai", "spacy", "ultralytics"), "bench": ("trl",)}
+
+
+def require_extra(module: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or raise ``ImportError`` in one line naming the extra that installs it."""
+    extra = next((e for e, mods in EXTRAS.items() if module.split(".")[0] in mods), None)
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        hint = f"pip install 'dlgpr[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+        raise ImportError(f"{purpose} needs the {module.split('.')[0]} package, which the base install leaves out: {hint}") from None
 
 
 @contextmanager

@@ -59,6 +59,7 @@ from dlgpr.models.prompting import flatten_text, questioner_messages
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig
 from dlgpr.rewards import FormatReward, WeightedReward
 from dlgpr.testing.tiny_models import INIT_STD, tiny_requests, tiny_tokenizer
+from dlgpr.utils import require_extra
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -219,7 +220,8 @@ def run_trl(args: argparse.Namespace, model_dir: Path, examples: list[TurnExampl
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    trl = require_extra("trl", "the trl comparison of bench_grpo.py")
+    GRPOConfig, GRPOTrainer = trl.GRPOConfig, trl.GRPOTrainer
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:

@@ -35,15 +35,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionMessage
+try:  # the "build" extra: a client is only made by what talks to an endpoint
+    import openai
+    from openai.types import CompletionUsage
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+except ImportError:  # pragma: no cover - exercised by the base-install test in a subprocess
+    openai = None  # type: ignore[assignment]
 from PIL import Image
 
 from dlgpr.dialogue.prompts import answerer_messages
 from dlgpr.data.turns import Answer, AnswerRequest, Question, QuestionRequest
 from dlgpr.models.reply_format import parse_question
 from dlgpr.models.prompting import questioner_messages
+from dlgpr.utils import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +223,8 @@ class ChatClient:
 
     def __init__(self, config: ChatAPIConfig) -> None:
         self.config = config
+        if openai is None:
+            require_extra("openai", "an OpenAI-compatible endpoint client")
         self._openai = openai.OpenAI(
             base_url=config.base_url,
             api_key=os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from dlgpr._env import cache_dir
 from dlgpr.data.schema import Region
+from dlgpr.utils import require_extra
 
 __all__ = [
     "GroundingConfig",
@@ -161,9 +162,10 @@ class YOLOWorldGrounder:
 
     def __init__(self, config: GroundingConfig) -> None:
         import open_clip
-        from ultralytics.nn.tasks import WorldModel
 
         from dlgpr._env import restore_pil_open
+
+        WorldModel = require_extra("ultralytics.nn.tasks", "YOLO-World grounding").WorldModel
 
         restore_pil_open()  # a corrupt image must stay Pillow's error, a counted bad sample
         self.config = config

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from dlgpr.utils import require_extra
+
 if TYPE_CHECKING:
     import spacy
     from spacy.tokens import Doc, Token
@@ -93,7 +95,7 @@ def load_spacy(name: str = "auto") -> "spacy.language.Language":
     en_core_web_sm 3.8.0, installable offline from a package mirror). Raises :class:`OSError`
     with one line saying how to install them when none loads.
     """
-    import spacy
+    spacy = require_extra("spacy", "noun-phrase extraction")
 
     for candidate in _SPACY_AUTO if name == "auto" else (name,):
         try:
