@@ -13,7 +13,9 @@ dataset and method the predictions are appended to
 config; a rerun reads them back and predicts only the samples still missing (a killed run
 loses at most one chunk; ``--retry_failed`` also redoes failed predictions). Writes
 ``table.md`` (one row per method, one column group per dataset), ``accuracy.png`` (accuracy
-against the distance threshold) and ``results.json`` (every metric, failures by kind, timings).
+against the distance threshold), ``comparisons.md`` (every pair of methods within 25 km: the
+paired difference with a 95 % bootstrap interval over samples and the exact sign test) and
+``results.json`` (every metric, failures by kind, the paired tests, timings).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from dlgpr.data.geo import GeoReadStats, GeoSample, parse_dataset_spec, read_geo_dataset
-from dlgpr.geo.evaluation import GeoEvaluation, accuracy_figure, evaluate_predictions, results_table
+from dlgpr.geo.evaluation import GeoEvaluation, accuracy_figure, comparison_table, evaluate_predictions, paired_comparison, results_table
 from dlgpr.geo.gazetteer import GAZETTEER_KINDS, Gazetteer, load_gazetteer
 from dlgpr.geo.predict import GeoPrediction, GeoPredictor
 from dlgpr.pipeline.text import StageAborted
@@ -198,9 +200,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "(km; ∞: over half unresolved), unresolved (answered, not locatable) / failed (no answer).\n\n")
     (out / "table.md").write_text(legend + table, encoding="utf-8")
     accuracy_figure(results, order).savefig(out / "accuracy.png")
+    # paired tests over the samples of each dataset: every pair of methods, within 25 km (the city)
+    comparisons = "\n\n".join(comparison_table(results, name) for name in order) if len(methods) > 1 else ""
+    for name in order:
+        report["datasets"][name]["paired_25km"] = {f"{a} vs {b}": paired_comparison(results[a][name], results[b][name])
+                                                   for i, a in enumerate(names) for b in names[i + 1:]}
+    if comparisons:
+        (out / "comparisons.md").write_text(comparisons + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(table)
-    print(f"wrote {out / 'table.md'}, {out / 'accuracy.png'}, {out / 'results.json'}")
+    if comparisons:
+        print("\n" + comparisons)
+    print(f"wrote {out / 'table.md'}, {out / 'accuracy.png'}, {out / 'results.json'}" + (f", {out / 'comparisons.md'}" if comparisons else ""))
     return report
 
 

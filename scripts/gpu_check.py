@@ -80,11 +80,12 @@ QWEN25VL_7B_VISION = dict(
     tokens_per_second=2,
     hidden_act="silu",
 )
-# the tiny model of dlgpr.testing.tiny_models (2 layers, hidden 64; 1-block vision tower)
-TINY_TEXT = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
-TINY_ROPE = dict(rope_theta=10000.0, mrope_section=[2, 3, 3])
-TINY_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[0])
+# the tiny model of dlgpr.testing.tiny_models (2 layers, hidden 64; 1-block vision tower), for --tiny
+from dlgpr.testing.tiny_models import MROPE_SECTION, TEXT_DIMS, VISION_DIMS  # noqa: E402  (after the sys.path line)
+
+TINY_TEXT = dict(vocab_size=512, **TEXT_DIMS, tie_word_embeddings=True)
+TINY_ROPE = dict(rope_theta=10000.0, mrope_section=MROPE_SECTION)
+TINY_VISION = VISION_DIMS
 
 
 class Settings:

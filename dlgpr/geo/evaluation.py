@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from dlgpr.data.geo import GeoSample
 from dlgpr.geo.gazetteer import Gazetteer
 from dlgpr.geo.metrics import THRESHOLDS_KM, GeoMetrics, geo_metrics, normalize_name
 from dlgpr.geo.predict import GeoPrediction, prediction_coordinates
+from dlgpr.metrics import paired_bootstrap_interval, sign_test
 
-__all__ = ["MISSING", "GeoEvaluation", "accuracy_figure", "evaluate_predictions", "results_table"]
+__all__ = ["MISSING", "GeoEvaluation", "accuracy_figure", "comparison_table", "evaluate_predictions", "paired_comparison", "results_table"]
 
 MISSING = "missing"
 """Failure kind of a sample for which no prediction was given."""
@@ -72,6 +74,34 @@ def evaluate_predictions(samples: Sequence[GeoSample], predictions: Sequence[Geo
     errors = Counter(p.error or "failed" for p in aligned if not p.ok)
     return GeoEvaluation(**{f: getattr(m, f) for f in GeoMetrics.__dataclass_fields__},
                          failed=sum(errors.values()), errors=dict(sorted(errors.items())))
+
+
+def paired_comparison(a: GeoEvaluation, b: GeoEvaluation, km: float = 25.0, seed: int = 0) -> dict[str, float]:
+    """Method ``a`` against ``b`` on the same samples (same order): accuracy within ``km`` of each,
+    their difference with a 95 % paired bootstrap interval over samples, and the exact sign test
+    over the samples where exactly one of them is within ``km`` (``wins``: only ``a``)."""
+    ea, eb = np.asarray(a.errors_km, dtype=np.float64), np.asarray(b.errors_km, dtype=np.float64)
+    if ea.shape != eb.shape or ea.size == 0:
+        raise ValueError(f"paired_comparison: the two evaluations must cover the same samples ({ea.size} vs {eb.size})")
+    hit_a, hit_b = ea <= km, eb <= km
+    diff = torch.from_numpy(hit_a.astype(np.float64) - hit_b.astype(np.float64))
+    low, high = paired_bootstrap_interval(diff, seed=seed)
+    wins, losses = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
+    return {"km": float(km), "acc_a": float(hit_a.mean()), "acc_b": float(hit_b.mean()), "diff": float(diff.mean()),
+            "low": low, "high": high, "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+
+
+def comparison_table(results: Mapping[str, Mapping[str, GeoEvaluation]], dataset: str, km: float = 25.0) -> str:
+    """Every pair of methods on ``dataset`` (in the table's order) by :func:`paired_comparison`, as markdown."""
+    methods = [m for m, by in results.items() if dataset in by]
+    lines = [f"| {dataset}: A vs B within {_threshold_label(km)} | A | B | A - B (95 % interval) | only A / only B | sign test p |",
+             "|---|---:|---:|---|---:|---:|"]
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            c = paired_comparison(results[a][dataset], results[b][dataset], km)
+            lines.append(f"| {a} vs {b} | {100 * c['acc_a']:.1f} | {100 * c['acc_b']:.1f} | {100 * c['diff']:+.1f} "
+                         f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] | {c['wins']} / {c['losses']} | {c['p']:.2g} |")
+    return "\n".join(lines)
 
 
 def _pct(x: float) -> str:

@@ -148,11 +148,11 @@ def funnel_counts(n_input: int, read_stats: GeoReadStats, missing: Counter, verd
         for v in vs:
             if v.name not in order:
                 order.append(v.name)
-    first = Counter(first_failure(vs).name for vs in verdicts.values() if first_failure(vs) is not None)
+    fails = [f for f in map(first_failure, verdicts.values()) if f is not None]
+    first = Counter(f.name for f in fails)
     alone = Counter(v.name for vs in verdicts.values() for v in vs if not v.passed)
-    reasons = Counter(f"{first_failure(vs).name}:{first_failure(vs).reason}" for vs in verdicts.values()
-                      if first_failure(vs) is not None and first_failure(vs).reason)
-    kept = sum(1 for vs in verdicts.values() if first_failure(vs) is None)
+    reasons = Counter(f"{f.name}:{f.reason}" for f in fails if f.reason)
+    kept = len(verdicts) - len(fails)
     return {
         "rows_skipped_by_reader": read_stats.total_skipped,
         "reader_skipped": dict(read_stats.skipped),

@@ -21,7 +21,6 @@ teacher here is a :class:`~dlgpr.geo.predict.GeoPredictor` whose predictions car
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -38,7 +37,7 @@ from dlgpr.data.synth.text import region_phrase
 from dlgpr.data.synth.world import COLORS, NONE, SLOTS
 from dlgpr.dialogue.api import ChatAPIConfig, ChatClient
 from dlgpr.geo.predict import GeoPrediction
-from dlgpr.pipeline.text import PromptFile, ResponseCache, RetryPolicy, complete_with_retries, image_bytes_payload
+from dlgpr.pipeline.text import PromptFile, ResponseCache, RetryPolicy, complete_with_retries, image_bytes_payload, reply_json_object
 
 log = logging.getLogger("dlgpr.pipeline")
 
@@ -60,15 +59,7 @@ def parse_teacher_reply(reply: str) -> dict[str, Any]:
     confidence given in percent (1 < c <= 100) is scaled to [0, 1]; "yes"/"no" strings are
     booleans. Raises ``ValueError`` naming the first missing or malformed field.
     """
-    start, end = reply.find("{"), reply.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("no JSON object")
-    try:
-        obj = json.loads(reply[start : end + 1])
-    except json.JSONDecodeError:
-        raise ValueError("JSON does not parse") from None
-    if not isinstance(obj, dict):
-        raise ValueError("JSON is not an object")
+    obj = reply_json_object(reply)
     out: dict[str, Any] = {"localizable": _as_bool(obj.get("localizable"), "localizable")}
     conf = obj.get("confidence")
     if isinstance(conf, str):

@@ -222,12 +222,9 @@ class TextExpansionConfig:
             raise ValueError(f"text.image_max_side must be >= 32 or None, got {self.image_max_side}")
 
 
-def parse_texts(reply: str, caption_words: tuple[int, int] = (3, 40), description_words: tuple[int, int] = (30, 400)) -> dict[str, str]:
-    """``{"initial_caption", "description"}`` from a reply; ``ValueError`` names what is wrong.
-
-    Takes the outermost ``{...}`` of the reply, so code fences or a sentence around the object
-    are tolerated; whitespace is normalised.
-    """
+def reply_json_object(reply: str) -> dict[str, Any]:
+    """The outermost ``{...}`` of a model's reply as a dict (code fences or a sentence around it
+    are tolerated); ``ValueError`` says why there is none."""
     start, end = reply.find("{"), reply.rfind("}")
     if start < 0 or end <= start:
         raise ValueError("no JSON object")
@@ -237,6 +234,16 @@ def parse_texts(reply: str, caption_words: tuple[int, int] = (3, 40), descriptio
         raise ValueError("JSON does not parse") from None
     if not isinstance(obj, dict):
         raise ValueError("JSON is not an object")
+    return obj
+
+
+def parse_texts(reply: str, caption_words: tuple[int, int] = (3, 40), description_words: tuple[int, int] = (30, 400)) -> dict[str, str]:
+    """``{"initial_caption", "description"}`` from a reply; ``ValueError`` names what is wrong.
+
+    Takes the outermost ``{...}`` of the reply, so code fences or a sentence around the object
+    are tolerated; whitespace is normalised.
+    """
+    obj = reply_json_object(reply)
     out = {}
     for name, (lo, hi) in (("initial_caption", caption_words), ("description", description_words)):
         value = obj.get(name)
@@ -337,5 +344,5 @@ class TextExpander:
 
 __all__ = [
     "Attempted", "PromptFile", "ResponseCache", "RetryPolicy", "StageAborted", "TextExpander", "TextExpansionConfig",
-    "complete_with_retries", "image_bytes_payload", "image_payload", "parse_texts", "run_items",
+    "complete_with_retries", "image_bytes_payload", "image_payload", "parse_texts", "reply_json_object", "run_items",
 ]

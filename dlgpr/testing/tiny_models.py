@@ -8,6 +8,8 @@ weights. The questioner, SFT and GRPO tests and scripts/bench_grpo.py use them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -88,7 +90,18 @@ TEXT_DIMS = dict(
     max_position_embeddings=4096,
     initializer_range=INIT_STD,
 )
-
+#: The 1-block vision tower of the tiny Qwen2.5-VL.
+VISION_DIMS = dict(
+    depth=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    fullatt_block_indexes=[0],
+    initializer_range=INIT_STD,
+)
+#: Its multimodal rotary sections: head_dim 16 = 2 * sum(MROPE_SECTION), halves split over (time, height, width).
+MROPE_SECTION = [2, 3, 3]
 
 
 def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
@@ -122,21 +135,12 @@ def tiny_qwen25vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, Qw
         text_config=dict(
             vocab_size=len(tok),
             **TEXT_DIMS,
-            # head_dim 16 = 2 * sum(mrope_section): rotary halves split over (time, height, width)
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=MROPE_SECTION),
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
             bos_token_id=None,
         ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            fullatt_block_indexes=[0],
-            initializer_range=INIT_STD,
-        ),
+        vision_config=dict(VISION_DIMS),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
@@ -175,3 +179,18 @@ def tiny_requests(n: int, n_candidates: int = 2, with_images: bool = True, histo
             )
         )
     return requests
+
+
+def save_tiny_policy(out: str | Path, vision: bool = False) -> Path:
+    """A tiny random policy saved like a Hugging Face checkpoint in ``out``: the Qwen2 causal LM
+    with its tokenizer, or (``vision``) the Qwen2.5-VL with its processor."""
+    out = Path(out)
+    if vision:
+        model, processor = tiny_qwen25vl()
+    else:
+        processor = tiny_tokenizer()
+        model = tiny_causal_lm(processor)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from dlgpr.data.geo import GeoSample
 from dlgpr.geo.distance import haversine_km
-from dlgpr.geo.evaluation import MISSING, GeoEvaluation, accuracy_figure, evaluate_predictions, results_table
+from dlgpr.geo.evaluation import (MISSING, GeoEvaluation, accuracy_figure, comparison_table, evaluate_predictions, paired_comparison,
+                                  results_table)
+from dlgpr.metrics import sign_test
 from dlgpr.geo.gazetteer import WorldGazetteer
 from dlgpr.geo.predict import GeoPrediction
 
@@ -82,3 +85,24 @@ def test_figure_has_a_panel_per_dataset_and_a_line_per_method(tmp_path) -> None:
     assert y[x < 60].max() == pytest.approx(20.0) and y[x > 100].min() == pytest.approx(40.0)  # the step at 64 km
     fig.savefig(tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
+def _errors(km: list[float]) -> GeoEvaluation:
+    return GeoEvaluation(n=len(km), unresolved=0, accuracy={}, median_km=math.nan, median_km_resolved=math.nan, errors_km=np.array(km))
+
+
+def test_paired_comparison_counts_discordant_samples_and_tests_them() -> None:
+    a = _errors([1.0, 5.0, 30.0, 2.0, 500.0, math.inf, 10.0, 3.0])
+    b = _errors([40.0, 5.0, 20.0, 90.0, 500.0, 8.0, 300.0, 70.0])
+    c = paired_comparison(a, b, km=25.0)
+    # within 25 km: a hits samples 0, 1, 3, 6, 7; b hits 1, 2, 5
+    assert (c["acc_a"], c["acc_b"]) == (5 / 8, 3 / 8) and c["diff"] == pytest.approx(2 / 8)
+    assert (c["wins"], c["losses"]) == (4, 2) and c["p"] == pytest.approx(sign_test(4, 2))
+    assert c["low"] <= c["diff"] <= c["high"]
+    same = paired_comparison(a, a)  # a method against itself: no difference, nothing to test
+    assert (same["diff"], same["low"], same["high"], same["wins"], same["losses"], same["p"]) == (0.0, 0.0, 0.0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="same samples"):
+        paired_comparison(a, _errors([1.0]))
+    table = comparison_table({"A": {"d": a}, "B": {"d": b}}, "d")
+    assert "| A vs B | 62.5 | 37.5 | +25.0 [" in table and "| 4 / 2 |" in table
+

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from dlgpr.geo.distance import haversine_km
 from dlgpr.geo.gazetteer import Gazetteer, GeoNamesGazetteer, geocode_batch
+from tests.helpers.scripts import load_script
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_gazetteers.py"
-_spec = importlib.util.spec_from_file_location("compare_gazetteers", _SCRIPT)
-compare_gazetteers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_gazetteers)  # type: ignore[union-attr]
+compare_gazetteers = load_script("compare_gazetteers")
 
 
 @pytest.fixture(scope="module")

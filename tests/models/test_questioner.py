@@ -15,16 +15,12 @@ from transformers import AutoModelForCausalLM
 from dlgpr.dialogue.hf import DQPilotQuestioner
 from dlgpr.models.prompting import PromptConfig
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, exported_prompt, load_policy, stack_lora_adapters
-from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_tokenizer
+from dlgpr.testing.tiny_models import save_tiny_policy
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("base")
-    tok = tiny_tokenizer()
-    tiny_causal_lm(tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_policy(tmp_path_factory.mktemp("base"))
 
 
 def _trained_adapter(model: torch.nn.Module, lora: LoRAConfig, seed: int) -> torch.nn.Module:

@@ -37,7 +37,7 @@ from dlgpr.models.questioner import (
 from dlgpr.modules.dqpilot import GRPOConfig, GRPOModule, Rollout, SFTModule
 from dlgpr.modules.optim import OptimConfig
 from dlgpr.rewards import AnswererFailing, FormatReward, WeightedReward
-from dlgpr.testing.tiny_models import tiny_causal_lm, tiny_qwen25vl, tiny_tokenizer
+from dlgpr.testing.tiny_models import save_tiny_policy
 from tests.helpers.shards import make_tiny_dataset
 
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.0)
@@ -84,21 +84,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def text_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 causal LM + its tokenizer, saved like a Hugging Face checkpoint."""
-    out = tmp_path_factory.mktemp("qwen2")
-    tok = tiny_tokenizer()
-    tiny_causal_lm(tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_policy(tmp_path_factory.mktemp("qwen2"))
 
 
 @pytest.fixture(scope="module")
 def vlm_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL + its processor (loads as a VLM through AutoProcessor)."""
-    out = tmp_path_factory.mktemp("qwen25vl")
-    model, processor = tiny_qwen25vl()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_policy(tmp_path_factory.mktemp("qwen25vl"), vision=True)
 
 
 def datamodule(corpus: dict[str, Path], stage: str, val: bool = False, batch_size: int = 2) -> DialogueDataModule:

@@ -1,16 +1,13 @@
 """The ablation script's paired statistics, by hand."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "cmpl_ablation.py"
-spec = importlib.util.spec_from_file_location("cmpl_ablation", _PATH)
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
+from tests.helpers.scripts import load_script
+
+ablation = load_script("cmpl_ablation")
 
 
 def test_paired_query_interval_by_hand():

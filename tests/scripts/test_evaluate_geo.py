@@ -58,6 +58,9 @@ def test_table_predictions_figure_and_resume(setup, tmp_path, monkeypatch) -> No
     assert "| **world:test** (n=16) 1 km |" in table.replace("| method | ", "| ")
     assert table.count("\n| retrieval |") == 1 and table.count("\n| nearest image |") == 1
     assert (out / "accuracy.png").stat().st_size > 1000
+    assert "| retrieval vs nearest image |" in (out / "comparisons.md").read_text()
+    paired = report["datasets"]["world:test"]["paired_25km"]["retrieval vs nearest image"]
+    assert paired["wins"] + paired["losses"] <= 16 and 0.0 <= paired["p"] <= 1.0
     saved = json.loads((out / "results.json").read_text())
     assert saved["datasets"]["world:test"]["methods"]["retrieval"]["acc@2500km"] == first["retrieval"]["acc@2500km"]
 

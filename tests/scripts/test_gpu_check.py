@@ -2,7 +2,6 @@
 finite numbers, a failing part is reported as skipped while the others still run, and the 7B
 policy it builds from config fields is Qwen2.5-VL-7B's architecture."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,14 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _numbers(metrics):
@@ -26,7 +20,7 @@ def _numbers(metrics):
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    gc = load_script()
+    gc = load_script("gpu_check")
     out = tmp_path_factory.mktemp("gpu_check")
     report = gc.run(gc.parse_args(["--dry-run", "--out", str(out)]))
     return gc, report, out
@@ -68,7 +62,7 @@ def test_sft_prompts_hold_the_images_and_exact_length(dry_run):
 
 
 def test_a_failing_part_is_skipped_with_its_reason_and_the_others_still_report(tmp_path, monkeypatch):
-    gc = load_script()
+    gc = load_script("gpu_check")
 
     def broken(settings):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -87,7 +81,7 @@ def test_a_failing_part_is_skipped_with_its_reason_and_the_others_still_report(t
 
 
 def test_parts_past_the_time_budget_are_skipped_not_run(tmp_path, monkeypatch):
-    gc = load_script()
+    gc = load_script("gpu_check")
     ran = []
     monkeypatch.setitem(gc.PARTS, "cmpl_train", lambda s: ran.append(1) or {"step_s": 1.0})
     report = gc.run(gc.parse_args(["--dry-run", "--out", str(tmp_path), "--parts", "cmpl_train", "--budget-s", "-1"]))
@@ -98,7 +92,7 @@ def test_parts_past_the_time_budget_are_skipped_not_run(tmp_path, monkeypatch):
 def test_the_paper_scale_policy_is_qwen25vl_7b():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    gc = load_script()
+    gc = load_script("gpu_check")
     s = gc.Settings(gc.parse_args(["--device", "cpu"]))
     config = gc._policy_config(s, dict(eos=1, pad=0, image=5, video=6, vision_start=3, vision_end=4))
     with torch.device("meta"):

@@ -1,8 +1,6 @@
 """Exporting pretrained towers: what `backbone.pretrained` then loads is the checkpoint's towers."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +9,9 @@ from safetensors.torch import load_file
 from dlgpr.models.clip_backbone import CLIPBackbone, ClipBackboneConfig
 from dlgpr.models.cmpl import CMPLConfig
 from dlgpr.modules.cmpl import CMPLModule
+from tests.helpers.scripts import load_script
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_synthcities.py"
-spec = importlib.util.spec_from_file_location("pretrain_synthcities", _PATH)
-pretrain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pretrain)
+pretrain = load_script("pretrain_synthcities")
 
 
 def test_export_towers_round_trip(tmp_path):

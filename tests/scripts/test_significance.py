@@ -1,6 +1,5 @@
 """Paired significance of two dialogue runs: sign test and bootstrap (dlgpr.metrics, scripts/significance.py)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,15 +8,9 @@ import pytest
 import torch
 
 from dlgpr.metrics import bri, paired_bootstrap_interval, per_query_bri, sign_test
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("significance", ROOT / "scripts" / "significance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sign_test_hand_computed():
@@ -62,7 +55,7 @@ B = {14: [7, 2, 2], 13: [1, 1, 1], 12: [10, 10, 10], 11: [3, 3, 3]}  # another o
 
 
 def test_significance_script_on_two_results_files(tmp_path, capsys):
-    script = load_script()
+    script = load_script("significance")
     a, b = _results(tmp_path / "a.json", {"A": A}), _results(tmp_path / "b.json", {"B": B, "other": A})
     report = script.main([str(a), str(b), "--a", "A", "--b", "B", "--rounds", "2", "--json", str(tmp_path / "out.json")])
     rows = {r["metric"]: r for r in report["rows"]}

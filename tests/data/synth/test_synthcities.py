@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import itertools
 import json
@@ -20,6 +19,7 @@ from dlgpr.data.synth import SLOTS, SynthCitiesConfig, ensure_synthcities, gener
 from dlgpr.data.synth import world as world_module
 from dlgpr.data.synth.generate import make_world, world_captions
 from dlgpr.data.synth.world import city_names, max_cities
+from tests.helpers.scripts import load_script
 
 SMALL = SynthCitiesConfig(num_cities=3, places_per_city=12, views_per_place=2, max_samples_per_shard=10, num_workers=0)
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -263,11 +263,7 @@ def test_ensure_reuses_and_regenerates(tmp_path: Path) -> None:
 
 
 def test_make_synthcities_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = Path(__file__).resolve().parents[3] / "scripts" / "make_synthcities.py"
-    spec = importlib.util.spec_from_file_location("make_synthcities", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_synthcities")
     module.main(["--out_dir", str(tmp_path / "w"), "--num_cities", "2", "--places_per_city", "4",
                  "--views_per_place", "1", "--num_workers", "0", "--split_fractions", "[0.5, 0.25, 0.25]"])
     assert "8 images" in capsys.readouterr().out
