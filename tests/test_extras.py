@@ -74,3 +74,23 @@ def test_every_extra_package_is_declared_in_setup_cfg() -> None:
             assert f"    {module}>=" in block, (extra, module)
     base = cfg[cfg.index("install_requires"):cfg.index("[options.packages.find]")]
     assert not any(f"    {m}>=" in base for mods in EXTRAS.values() for m in mods)
+
+
+def test_no_extra_installs_a_second_faiss_next_to_faiss_cpu() -> None:
+    """faiss-cpu and faiss-gpu both own the ``faiss`` module; the GPU search path is torch's."""
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert "    faiss-cpu>=" in cfg[cfg.index("install_requires"):cfg.index("[options.packages.find]")]
+    assert "faiss-gpu" not in cfg and "\ngpu =" not in cfg
+
+
+def test_make_install_takes_torch_from_another_index_when_asked(tmp_path) -> None:
+    """``make install TORCH_INDEX_URL=...`` (an older NVIDIA driver) installs torch from that index."""
+    def dry_run(*extra: str) -> list[str]:
+        out = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}", *extra], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return [line for line in out.splitlines() if "requirements/torch.txt" in line and " -r " in line]
+
+    url = "https://download.pytorch.org/whl/cu126"
+    assert len(dry_run()) == 1 and "--index-url" not in dry_run()[0]
+    (with_index,) = dry_run(f"TORCH_INDEX_URL={url}")
+    assert f"--index-url {url} -r requirements/torch.txt" in with_index

@@ -74,3 +74,20 @@ def test_unique_rows_keeps_first_occurrence():
     pid = torch.tensor([3, 1, 3, 2, 1])
     view = torch.tensor([0, 0, 0, 1, 1])
     assert unique_rows(pid, view).tolist() == [0, 1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "device, gallery_size, expected",
+    [("cpu", 1_000, "torch"), ("cpu", "large", "faiss"), ("meta", "large", "torch"), ("meta", 1_000, "torch")],
+)
+def test_auto_backend_is_torch_on_an_accelerator_and_faiss_only_for_large_cpu_galleries(monkeypatch, device, gallery_size, expected):
+    import dlgpr.search as search
+
+    called = []
+    monkeypatch.setattr(search, "_torch_topk", lambda q, g, k, c: called.append("torch") or (q[:, :k], q[:, :k].long()))
+    monkeypatch.setattr(search, "_faiss_topk", lambda q, g, k, d: called.append("faiss") or (q[:, :k], q[:, :k].long()))
+    size = search.AUTO_FAISS_MIN_GALLERY if gallery_size == "large" else gallery_size
+    # "meta" stands in for an accelerator: the search device is the queries' device; no memory is allocated
+    queries, gallery = torch.empty(4, 8, device=device), torch.zeros(size, 8)
+    search.topk_search(queries, gallery, k=3, backend="auto")
+    assert called == [expected]

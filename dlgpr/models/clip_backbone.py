@@ -12,8 +12,12 @@ Long text: ``long_text_length`` extends the text positional embedding beyond the
 77 positions by linear interpolation (Long-CLIP keeps the first 20 positions and stretches the
 rest 4x to 248), after the weights are loaded, so it applies to pretrained and fresh towers
 alike; the tokenizer's context follows. Layer taps: :meth:`CLIPBackbone.image_taps` and
-:meth:`CLIPBackbone.text_taps` run the towers block by block and return the token states after
-chosen blocks (and the [CLS] attention of those blocks), for multi-level heads such as CMPL.
+:meth:`CLIPBackbone.text_taps` return the token states after chosen blocks (and the [CLS]
+attention of those blocks), for multi-level heads such as CMPL. The image side is open_clip's
+public ``forward_intermediates``; the text side runs the blocks itself, because open_clip's
+``CLIP.forward_intermediates`` adds the whole positional table and the whole causal mask (every
+batch padded to the full 248-token context) and has no padding mask for bidirectional towers:
+the loop here is the same computation on the batch's own length (the test compares the two).
 """
 
 from __future__ import annotations
@@ -305,28 +309,38 @@ class CLIPBackbone(nn.Module):
 
     # ---- layer taps ------------------------------------------------------------------------------
     def image_taps(self, images: Tensor, taps: list[int]) -> ImageTaps:
-        """Run the vision tower block by block; ``taps`` are 1-based block indices.
+        """Run the vision tower once through open_clip's ``forward_intermediates``; ``taps`` are
+        1-based block indices.
 
-        images: ``[B, 3, H, W]``. The [CLS] attention of a tapped block is recomputed from that
-        block's own query/key projections (open_clip does not return attention weights); it is
-        used for token selection only and carries no gradient.
+        images: ``[B, 3, H, W]``. The token states after each tapped block are open_clip's own
+        intermediates ([CLS] put back in front of the patches). The [CLS] attention of a tapped
+        block is recomputed from that block's input (caught by a forward pre-hook, so the tower
+        still runs once) with the block's own query/key projections (open_clip does not return
+        attention weights); it is used for token selection only and carries no gradient.
         """
         visual = self.model.visual
         if not isinstance(visual, VisionTransformer) or not visual.transformer.batch_first:
             raise ValueError("layer taps need an open_clip VisionTransformer tower (batch_first)")
-        x = visual._embeds(images)  # [B, 1 + N, W]
-        wanted = set(taps)
-        tokens, cls_attention = [], []
-        for depth, block in enumerate(visual.transformer.resblocks, start=1):
-            if depth in wanted:
-                cls_attention.append(_cls_attention(block, x))  # [B, N]
-            x = block(x)
-            if depth in wanted:
-                tokens.append(x)
-        pooled, _ = visual._pool(x)  # [B, W]
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj  # [B, D]
-        return ImageTaps(pooled, tokens, cls_attention)
+        blocks = visual.transformer.resblocks
+        if any(not 1 <= t <= len(blocks) for t in taps):
+            raise ValueError(f"image taps must be in [1, {len(blocks)}], got {taps}")
+        order = sorted(set(taps))
+        attention: dict[int, Tensor] = {}
+
+        def catch(depth: int):
+            def hook(block: nn.Module, args: tuple) -> None:
+                attention[depth] = _cls_attention(block, args[0])  # [B, N] from the block's input
+            return hook
+
+        handles = [blocks[d - 1].register_forward_pre_hook(catch(d)) for d in order]
+        try:
+            out = visual.forward_intermediates(images, indices=[d - 1 for d in order], output_fmt="NLC", output_extra_tokens=True)
+        finally:
+            for h in handles:
+                h.remove()
+        after = {d: torch.cat([cls, patches], dim=1)  # [B, 1 + N, W]
+                 for d, cls, patches in zip(order, out["image_intermediates_prefix"], out["image_intermediates"])}
+        return ImageTaps(out["image_features"], [after[t] for t in taps], [attention[t] for t in taps])
 
     def text_taps(self, text: Tensor, taps: list[int]) -> TextTaps:
         """Run the text tower block by block; ``text``: ``[B, L]`` token ids with ``L <=

@@ -87,6 +87,17 @@ def test_taps_reproduce_the_towers_and_cls_attention():
     with torch.no_grad():
         x1 = b.model.visual.transformer.resblocks[1](taps.tokens[0])
     assert torch.allclose(taps.cls_attention[1], _naive_cls_attention(b.model.visual.transformer.resblocks[2], x1), atol=1e-5)
+    # the tokens after each tapped block ([CLS] first) against a naive block-by-block run
+    with torch.no_grad():
+        naive, h = [], x
+        for block in b.model.visual.transformer.resblocks:
+            h = block(h)
+            naive.append(h)
+    assert torch.allclose(taps.tokens[0], naive[0], atol=1e-5) and torch.allclose(taps.tokens[1], naive[2], atol=1e-5)
+    unordered = b.image_taps(images, [3, 1])  # in the order asked for
+    assert torch.equal(unordered.tokens[0], taps.tokens[1]) and torch.equal(unordered.cls_attention[1], taps.cls_attention[0])
+    with pytest.raises(ValueError, match="image taps must be in"):
+        b.image_taps(images, [5])
 
     tokens = b.tokenizer()(["a red door", "a green awning over the shop window"])
     assert tokens.shape == (2, 10)  # padded to the longest text, not to the 20-token context
@@ -94,8 +105,10 @@ def test_taps_reproduce_the_towers_and_cls_attention():
     text = b.text_taps(tokens, [2, 4])
     assert torch.allclose(text.pooled, b.model.encode_text(full), atol=1e-5)  # open_clip's own, full context
     assert torch.allclose(b.encode_text(tokens), b.model.encode_text(full), atol=1e-5)
-    reference = b.model.transformer(b.model.token_embedding(full) + b.model.positional_embedding, attn_mask=b.model.attn_mask)
-    assert torch.allclose(text.tokens[-1], reference[:, :10], atol=1e-5)
+    # open_clip's public intermediates need the full context; on the real tokens they agree
+    reference = b.model.forward_intermediates(text=full, text_indices=[1, 3], intermediates_only=True)["text_intermediates"]
+    for ours, theirs in zip(text.tokens, reference):
+        assert torch.allclose(ours, theirs[:, :10], atol=1e-5)
     eot = tokens.argmax(dim=1)
     assert text.padding.sum(1).tolist() == (10 - 1 - eot).tolist()  # everything after end-of-text
 
