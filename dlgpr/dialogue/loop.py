@@ -6,6 +6,12 @@ the answerer get the whole round at once, so model-backed ones batch their gener
 ones run their requests concurrently. Bad turns never stop the loop: a question in the wrong
 format, an API failure, an empty answer or a candidate list shorter than asked are counted in
 ``DialogueResult.stats`` and the query goes on with what it has.
+
+With a :class:`~dlgpr.dialogue.stopping.StoppingConfig` a query stops being asked once the
+retriever is confident (:func:`~dlgpr.dialogue.stopping.stop_decisions`); its later rounds repeat
+the list it stopped at. The pieces of one round (:func:`composer_for`, :func:`search_round`,
+:func:`question_requests`, :func:`record_questions`, :func:`answer_turn`) are also what
+``dlgpr.app.PlaceFinder`` runs for a person, so both update the query the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from dlgpr.data.turns import AnswerRequest, Candidate, Question, QuestionRequest, Target, Turn, TurnFailure
+from dlgpr.data.turns import Answer, AnswerRequest, Candidate, Question, QuestionRequest, Target, Turn, TurnFailure
+from dlgpr.dialogue.stopping import StoppingConfig, stop_decisions
 from dlgpr.dialogue.types import Answerer, QueryComposer, Questioner, compose_query
 from dlgpr.metrics import bri, cumulative_recall, prg, recall_per_round
 from dlgpr.ranking import Gallery, backend_search, exact_search, positive_rows
@@ -44,7 +51,13 @@ class DialogueResult:
     ``ranks [Q, T+1]``: 1-based rank of the best image of the target place (float64: the
     expected rank of ``dlgpr.ranking``, a half-integer when scores tie); ``positive_ranks
     [Q, T+1, P]``: ranks of all its images (0 = padding); ``num_positives [Q]``; ``turns[q]``:
-    the T exchanges; ``top_keys[q][t]``: the candidates of round t.
+    the T exchanges (fewer when it stopped early); ``top_keys[q][t]``: the candidates of round t.
+
+    With adaptive stopping, ``questions_asked [Q]`` is the round each query stopped at (T when it
+    never stopped) and ``confidence [Q, T+1]`` the stopping rule's value of each ranked round
+    (NaN after the stop); rounds after a stop repeat its ranks and candidates, so round T holds
+    the list each query ended with. Without stopping, ``questions_asked`` is T for every query
+    and ``confidence`` is None.
     """
 
     queries: list[DialogueQuery]
@@ -55,6 +68,12 @@ class DialogueResult:
     top_keys: list[list[list[str]]]
     stats: Counter = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
+    questions_asked: Tensor | None = None
+    confidence: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.questions_asked is None:
+            self.questions_asked = torch.full((len(self.queries),), self.rounds, dtype=torch.long)
 
     @property
     def rounds(self) -> int:
@@ -79,6 +98,7 @@ class DialogueResult:
             mean_prg = self.prg_per_round().mean(dim=0)
             for t in range(1, self.rounds + 1):
                 out[f"round{t}/prg"] = float(mean_prg[t - 1])
+        out["mean_questions"] = float(self.questions_asked.double().mean()) if len(self.queries) else 0.0
         out["stats"] = dict(self.stats)
         return out
 
@@ -91,6 +111,7 @@ class DialogueResult:
                 "place_id": q.target.place_id,
                 "initial_description": q.initial_description,
                 "ranks": self.ranks[i].tolist(),
+                "questions_asked": int(self.questions_asked[i]),
                 "turns": [{"question": t.question, "think": t.think, "answer": t.answer, "failed": t.failed, "failure": t.failure} for t in self.turns[i]],
                 "top_keys": self.top_keys[i],
             })
@@ -119,6 +140,7 @@ def run_dialogue(
     rank_depth: int | None = None,
     backend: Backend = "auto",
     candidate_sets: Sequence[Sequence[int]] | None = None,
+    stopping: StoppingConfig | None = None,
 ) -> DialogueResult:
     """Run ``rounds`` question rounds for every query.
 
@@ -136,10 +158,12 @@ def run_dialogue(
         candidate_sets: gallery rows shown to the questioner for each query, in every round,
             instead of the retrieved top-``top_k`` (the compact candidate set of the DQ-Pilot
             corpus: target, positive view, hard negatives). Their scores are the round's.
+        stopping: adaptive stopping (:mod:`dlgpr.dialogue.stopping`): after each ranked round
+            a query whose list passes the rule is asked nothing more. None: always ``rounds``.
 
-    Each round: compose the queries, encode them, search and rank (:func:`_search`), then ask
-    (:func:`_question_requests`, failures recorded by :func:`_record_questions`) and answer
-    (:func:`_answer`). The query of round t is ``questioner.compose_query(d_0, history)``
+    Each round: compose the queries, encode them, search and rank (:func:`search_round`), decide
+    who stops (with ``stopping``), then ask (:func:`question_requests`, failures recorded by
+    :func:`record_questions`) and answer (:func:`_answer`, each turn by :func:`answer_turn`). The query of round t is ``questioner.compose_query(d_0, history)``
     when the questioner is a :class:`~dlgpr.dialogue.types.QueryComposer` (PlugIR rewrites the
     dialogue), else :func:`~dlgpr.dialogue.types.compose_query`: d_0 and the answers.
     """
@@ -151,31 +175,67 @@ def run_dialogue(
     stats: Counter = Counter()
     stats["targets_missing_from_gallery"] = sum(1 for p in labels.tolist() if gallery.num_positives(p) == 0)
     timings = {"encode": 0.0, "search": 0.0, "question": 0.0, "answer": 0.0}
-    compose = questioner.compose_query if isinstance(questioner, QueryComposer) else compose_query
+    compose = composer_for(questioner)
+    listed = max(top_k, stopping.top_k) if stopping is not None else top_k  # the stopping rule may read deeper than the questioner
+    depth = max(depth, min(listed, len(gallery)))
+    n = len(queries)
     histories: list[list[Turn]] = [[] for _ in queries]
     ranks, pos_ranks, top_keys = [], [], [[] for _ in queries]
+    active = list(range(n))  # queries still being asked
+    asked = torch.full((n,), rounds, dtype=torch.long)
+    conf = torch.full((n, rounds + 1), float("nan"), dtype=torch.float64) if stopping is not None else None
 
     for t in range(rounds + 1):
-        texts = [compose(q.initial_description, h) for q, h in zip(queries, histories)]
-        with _timer(timings, "encode"):
-            emb = retriever.embed_texts(texts)  # [Q, D]
-        with _timer(timings, "search"):
-            scores, idx, best, all_pos = _search(emb, gallery, rows, labels, top_k, rank_depth, depth, backend)
+        act = torch.tensor(active, dtype=torch.long)
+        best = ranks[-1].clone() if ranks else torch.zeros(n, dtype=torch.float64)  # stopped queries keep their last round
+        all_pos = pos_ranks[-1].clone() if pos_ranks else torch.zeros(n, rows.shape[1], dtype=torch.float64)
+        if active:
+            texts = [compose(queries[i].initial_description, histories[i]) for i in active]
+            with _timer(timings, "encode"):
+                emb = retriever.embed_texts(texts)  # [A, D]
+            with _timer(timings, "search"):
+                scores, idx, act_best, act_pos = search_round(emb, gallery, rows[act], labels[act], listed, rank_depth, depth, backend)
+            best[act] = act_best
+            all_pos[act] = act_pos.to(all_pos.dtype)
         ranks.append(best)
         pos_ranks.append(all_pos)
+        if not active:
+            for i in range(n):
+                top_keys[i].append(top_keys[i][-1])
+            continue
         shown = min(top_k, idx.shape[1])
         if shown < top_k:
-            stats["short_candidate_lists"] += len(queries)
-        for i in range(len(queries)):
-            top_keys[i].append([gallery.keys[j] for j in idx[i, :shown].tolist()])
+            stats["short_candidate_lists"] += len(active)
+        keep = set(active)
+        for a, i in enumerate(active):
+            top_keys[i].append([gallery.keys[j] for j in idx[a, :shown].tolist()])
+        for i in range(n):
+            if i not in keep:
+                top_keys[i].append(top_keys[i][-1])
         if t == rounds:
             break
+        if stopping is not None:
+            stop, c = stop_decisions(scores, gallery.place_ids[idx.clamp(min=0)].masked_fill(idx < 0, -1), t, stopping)
+            conf[act, t] = c
+            for a, i in enumerate(active):
+                if bool(stop[a]):
+                    asked[i] = t
+            still = [a for a in range(len(active)) if not bool(stop[a])]
+            stats["stopped_early"] += len(active) - len(still)
+            active = [active[a] for a in still]
+            if not active:
+                continue
+            sel = torch.tensor(still, dtype=torch.long)
+            emb, scores, idx = emb[sel], scores[sel], idx[sel]
 
-        requests = _question_requests(queries, histories, t + 1, gallery, emb, scores[:, :shown], idx[:, :shown], candidate_sets)
+        qs = [queries[i] for i in active]
+        hs = [histories[i] for i in active]
+        sets = [candidate_sets[i] for i in active] if candidate_sets is not None else None
+        requests = question_requests(qs, hs, t + 1, gallery, emb, scores[:, :shown], idx[:, :shown], sets)
         with _timer(timings, "question"):
             questions = _checked(questioner.ask(requests), len(requests), "questioner")
-        asking = _record_questions(questions, histories, stats)
-        _answer(answerer, queries, questions, asking, histories, t + 1, stats, timings)
+        asking = record_questions(questions, hs, stats)
+        _answer(answerer, qs, questions, asking, hs, t + 1, stats, timings)
 
     return DialogueResult(
         queries=list(queries),
@@ -186,7 +246,16 @@ def run_dialogue(
         top_keys=top_keys,
         stats=stats,
         timings=timings,
+        questions_asked=asked,
+        confidence=conf,
     )
+
+
+def composer_for(questioner: Questioner) -> Callable[[str, Sequence[Turn]], str]:
+    """How the query of a round is written: ``questioner.compose_query(d_0, history)`` when the
+    questioner is a :class:`~dlgpr.dialogue.types.QueryComposer` (PlugIR rewrites the dialogue),
+    else :func:`~dlgpr.dialogue.types.compose_query` (d_0 and the answers)."""
+    return questioner.compose_query if isinstance(questioner, QueryComposer) else compose_query
 
 
 def _check_inputs(
@@ -207,7 +276,7 @@ def _check_inputs(
     return max(depth, min(top_k, len(gallery)))
 
 
-def _search(
+def search_round(
     emb: Tensor, gallery: Gallery, rows: Tensor, labels: Tensor, top_k: int, rank_depth: int | None, depth: int, backend: Backend
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``scores, idx`` of the listed candidates, ``best [Q]`` and ``positive ranks [Q, P]`` of one round.
@@ -221,7 +290,10 @@ def _search(
     return backend_search(emb, gallery, rows, labels, depth, backend)
 
 
-def _question_requests(
+_search = search_round  # the name scripts/gpu_check.py imports
+
+
+def question_requests(
     queries: Sequence[DialogueQuery], histories: list[list[Turn]], round: int, gallery: Gallery, emb: Tensor, scores: Tensor,
     idx: Tensor, candidate_sets: Sequence[Sequence[int]] | None,
 ) -> list[QuestionRequest]:
@@ -242,7 +314,7 @@ def _question_requests(
     ]
 
 
-def _record_questions(questions: Sequence[Question], histories: list[list[Turn]], stats: Counter) -> list[int]:
+def record_questions(questions: Sequence[Question], histories: list[list[Turn]], stats: Counter) -> list[int]:
     """Record a failed turn for every question that cannot be asked; return the indices of those that can."""
     asking = []
     for i, qu in enumerate(questions):
@@ -267,15 +339,19 @@ def _answer(
     with _timer(timings, "answer"):
         answers = _checked(answerer.answer(requests), len(requests), "answerer") if requests else []
     for i, ans in zip(asking, answers):
-        qu = questions[i]
-        if not ans.ok:
-            stats[f"failed_answer:{ans.error or 'error'}"] += 1
-            histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure=TurnFailure.ANSWER_ERROR.value))
-        elif not ans.text.strip():
-            stats["empty_answers"] += 1
-            histories[i].append(Turn(question=qu.text, answer="", think=qu.think, failed=True, failure=TurnFailure.EMPTY_ANSWER.value))
-        else:
-            histories[i].append(Turn(question=qu.text, answer=" ".join(ans.text.split()), think=qu.think))
+        histories[i].append(answer_turn(questions[i], ans, stats))
+
+
+def answer_turn(question: Question, answer: Answer, stats: Counter) -> Turn:
+    """The turn of an asked question and its answer: answered (whitespace collapsed), or failed
+    (the answerer failed, or the answer is empty), counted in ``stats``."""
+    if not answer.ok:
+        stats[f"failed_answer:{answer.error or 'error'}"] += 1
+        return Turn(question=question.text, answer="", think=question.think, failed=True, failure=TurnFailure.ANSWER_ERROR.value)
+    if not answer.text.strip():
+        stats["empty_answers"] += 1
+        return Turn(question=question.text, answer="", think=question.think, failed=True, failure=TurnFailure.EMPTY_ANSWER.value)
+    return Turn(question=question.text, answer=" ".join(answer.text.split()), think=question.think)
 
 
 @contextmanager
@@ -291,4 +367,6 @@ def _checked(items: list, n: int, who: str) -> list:
     return items
 
 
-__all__ = ["DialogueQuery", "DialogueResult", "run_dialogue"]
+__all__ = [
+    "DialogueQuery", "DialogueResult", "run_dialogue", "composer_for", "search_round", "question_requests", "record_questions", "answer_turn",
+]
