@@ -206,3 +206,24 @@ def test_globe_rewards_keep_failed_replies_below_every_well_formed_one():
         check_failure_order(rewards[:3])
     with pytest.raises(ValueError, match="failure_value"):
         GeoAccuracyReward(failure_value=0.5)
+
+
+def test_globe_rewards_parse_from_a_grpo_config(tmp_path):
+    """The reward list of a GRPO config (GRPOModule's ``rewards: list[WeightedReward]``) names them by class path."""
+    from jsonargparse import ArgumentParser
+
+    yaml_text = """
+rewards:
+  - {name: geo, weight: 1.0, fn: {class_path: dlgpr.rewards.GeoAccuracyReward, init_args: {gazetteer: none, world: null}}}
+  - {name: loc, weight: 0.5, fn: {class_path: dlgpr.rewards.LocalizabilityReward, init_args: {checkpoint: rm.ckpt}}}
+  - {name: vis, weight: 0.2, fn: {class_path: dlgpr.rewards.VisualGroundingReward, init_args: {mode: recall, gazetteer: none}}}
+  - {name: format, weight: 1.0, fn: {class_path: dlgpr.rewards.GeoFormatReward}}
+"""
+    parser = ArgumentParser()
+    parser.add_argument("--rewards", type=list[WeightedReward])
+    config = tmp_path / "rewards.yaml"
+    config.write_text(yaml_text)
+    rewards = parser.instantiate_classes(parser.parse_path(str(config))).rewards
+    assert [type(r.fn).__name__ for r in rewards] == ["GeoAccuracyReward", "LocalizabilityReward", "VisualGroundingReward", "GeoFormatReward"]
+    assert [r.weight for r in rewards] == [1.0, 0.5, 0.2, 1.0] and rewards[2].fn.mode == "recall"
+    assert check_failure_order(rewards) == pytest.approx(1.0)  # what GRPOModule checks when it is built
