@@ -15,7 +15,7 @@ from torch import Tensor
 
 __all__ = [
     "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
-    "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval",
+    "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval", "auroc",
 ]
 
 
@@ -174,3 +174,32 @@ def paired_bootstrap_interval(differences: Tensor, num_samples: int = 10_000, le
     alpha = (1.0 - level) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
     return float(low), float(high)
+
+
+# ---- classification (the localizability reward model) ------------------------------------------
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting one half (the Mann-Whitney U statistic over ``P * N``).
+
+    scores: ``[M]`` any real numbers (only their order matters); labels: ``[M]`` 0/1 or bool.
+    Computed from average ranks (tied scores share the mean of their ranks), so a constant score
+    gives exactly 0.5. NaN when one class is absent (the area is undefined).
+    """
+    s = scores.detach().reshape(-1).double()  # [M]
+    y = labels.detach().reshape(-1).bool()  # [M]
+    if s.numel() != y.numel():
+        raise ValueError(f"auroc: {s.numel()} scores for {y.numel()} labels")
+    if not torch.isfinite(s).all():
+        raise ValueError("auroc: scores must be finite")
+    n_pos = int(y.sum())
+    n_neg = int(y.numel()) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    values, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)  # [U], [M], [U]
+    first = torch.cumsum(counts, 0) - counts  # [U] 0-based rank of each distinct value's first item
+    mean_rank = first.double() + (counts.double() + 1.0) / 2.0  # [U] 1-based average rank of the tie group
+    rank_sum = float(mean_rank[inverse][y].sum())  # sum of the positives' ranks
+    u = rank_sum - n_pos * (n_pos + 1) / 2.0  # pairs (positive, negative) the positive wins, ties 1/2
+    return u / (n_pos * n_neg)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -9,3 +11,39 @@ def test_recall_at_k():
     assert r == {1: 0.25, 5: 0.75, 10: 0.75}
     with pytest.raises(ValueError):
         recall_at_k(torch.tensor([], dtype=torch.long), [1])
+
+
+# ---- AUROC ----------------------------------------------------------------------------------------
+
+
+def test_auroc_by_hand():
+    from dlgpr.metrics import auroc
+
+    # positives score 0.9, 0.4, 0.6; negatives 0.5, 0.1. Pairs (pos, neg) won: 0.9 beats both (2),
+    # 0.4 beats 0.1 (1), 0.6 beats both (2): 5 of 3 * 2 = 6.
+    assert auroc(torch.tensor([0.9, 0.5, 0.4, 0.1, 0.6]), torch.tensor([1, 0, 1, 0, 1])) == pytest.approx(5 / 6)
+    # a tie between a positive and a negative counts one half: 0.5 = 0.5 gives 1/2, 0.7 > 0.5 gives 1 -> 1.5 / 2
+    assert auroc(torch.tensor([0.7, 0.5, 0.5]), torch.tensor([True, True, False])) == pytest.approx(0.75)
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([0, 1])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([1, 0])) == 0.0
+
+
+def test_auroc_degenerate_cases():
+    from dlgpr.metrics import auroc
+
+    # a constant score does not rank at all: exactly chance, whatever the class balance
+    assert auroc(torch.full((7,), 0.3), torch.tensor([1, 0, 0, 0, 1, 0, 0])) == 0.5
+    assert math.isnan(auroc(torch.tensor([0.2, 0.8]), torch.tensor([1, 1])))  # one class: undefined
+    with pytest.raises(ValueError, match="2 scores for 3 labels"):
+        auroc(torch.tensor([0.1, 0.2]), torch.tensor([0, 1, 1]))
+
+
+def test_auroc_matches_torchmetrics_with_ties():
+    from torchmetrics.functional.classification import binary_auroc
+
+    from dlgpr.metrics import auroc
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 12, (300,), generator=g).float() / 11  # many ties
+    labels = (torch.rand(300, generator=g) < 0.15 + 0.5 * scores).long()
+    assert auroc(scores, labels) == pytest.approx(float(binary_auroc(scores, labels)), abs=1e-6)
