@@ -60,9 +60,23 @@ def test_training_and_evaluation_need_no_extra_and_a_missing_one_is_named() -> N
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["loaded_blocked"] == []
     assert out["print_config_exit"] in (None, 0) and out["print_config_has_model"]
+    extra_of = {m: e for e, mods in EXTRAS.items() for m in mods}
+    assert set(out["errors"]) == {"openai", "spacy", "ultralytics"}
     for module, message in out["errors"].items():
         assert message is not None and "\n" not in message, module
-        assert f"needs the {module} package" in message and "pip install 'dlgpr[build]'" in message
+        assert f"needs the {module} package" in message and f"pip install 'dlgpr[{extra_of[module]}]'" in message
+
+
+def test_a_missing_module_outside_the_extras_names_its_package(monkeypatch) -> None:
+    """faiss is in the base install, but a missing one says which package brings it."""
+    import pytest
+
+    from dlgpr.utils import require_extra
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
+    with pytest.raises(ImportError) as err:
+        require_extra("faiss", "a faiss gallery index")
+    assert str(err.value) == "a faiss gallery index needs the faiss module, which is not installed: pip install faiss-cpu"
 
 
 def test_every_extra_package_is_declared_in_setup_cfg() -> None:
