@@ -13,8 +13,9 @@ __all__ = ["EXTRAS", "PACKAGES", "eval_mode", "require_extra"]
 
 #: Optional dependencies by install extra (``pip install 'dlgpr[build]'``): the base install
 #: trains and evaluates; the dataset builders and the API clients need ``build``, the trl
-#: comparison benchmark ``bench``. ``make install`` installs every extra.
-EXTRAS: dict[str, tuple[str, ...]] = {"build": ("openai", "spacy", "ultralytics"), "bench": ("trl",)}
+#: comparison benchmark ``bench``, the place finder's web page ``app``. ``make install`` installs
+#: every extra.
+EXTRAS: dict[str, tuple[str, ...]] = {"build": ("openai", "spacy", "ultralytics"), "bench": ("trl",), "app": ("gradio",)}
 
 #: Modules whose package on the registry has another name (``faiss`` comes from ``faiss-cpu``).
 PACKAGES: dict[str, str] = {"faiss": "faiss-cpu"}
