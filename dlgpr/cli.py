@@ -9,6 +9,7 @@ registry::
     python -m dlgpr fit --config configs/cmpl.yaml --trainer.devices 2 --trainer.strategy ddp
     python -m dlgpr fit --config configs/cmpl.yaml --trainer.default_root_dir runs/exp1
     python -m dlgpr fit --config configs/cmpl.yaml --print_config
+    python -m dlgpr index --ckpt lightning_logs/version_0/checkpoints/last.ckpt --out runs/index/test   # a saved gallery index
 
 Runs are seeded (``seed_everything: 0`` unless the config says otherwise) and log to TensorBoard
 under ``<default_root_dir>/lightning_logs/version_N`` (the working directory when no
@@ -26,6 +27,7 @@ prompts it trains on are the prompts the policy generates from.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +110,17 @@ class DlgprCLI(LightningCLI):
                 )
 
 
-def main(args: list[str] | None = None, run: bool = True) -> DlgprCLI:
+def main(args: list[str] | None = None, run: bool = True) -> DlgprCLI | None:
+    """LightningCLI (``fit``, ``validate``, ``test``, ...), or ``index ...``: build a saved gallery
+    index (:func:`dlgpr.app.index.index_gallery`, the same as ``scripts/index_gallery.py``)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["index"]:
+        from jsonargparse import auto_cli
+
+        from dlgpr.app.index import index_gallery
+
+        auto_cli(index_gallery, as_positional=False, args=argv[1:])
+        return None
     return DlgprCLI(
         LightningModule,
         LightningDataModule,

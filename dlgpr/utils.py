@@ -9,12 +9,16 @@ from typing import Iterator
 
 from torch import nn
 
-__all__ = ["EXTRAS", "eval_mode", "require_extra"]
+__all__ = ["EXTRAS", "PACKAGES", "eval_mode", "require_extra"]
 
 #: Optional dependencies by install extra (``pip install 'dlgpr[build]'``): the base install
 #: trains and evaluates; the dataset builders and the API clients need ``build``, the trl
-#: comparison benchmark ``bench``. ``make install`` installs every extra.
-EXTRAS: dict[str, tuple[str, ...]] = {"build": ("openai", "spacy", "ultralytics"), "bench": ("trl",)}
+#: comparison benchmark ``bench``, the place finder's web page ``app``. ``make install`` installs
+#: every extra.
+EXTRAS: dict[str, tuple[str, ...]] = {"build": ("openai", "spacy", "ultralytics"), "bench": ("trl",), "app": ("gradio",)}
+
+#: Modules whose package on the registry has another name (``faiss`` comes from ``faiss-cpu``).
+PACKAGES: dict[str, str] = {"faiss": "faiss-cpu"}
 
 
 def require_extra(module: str, purpose: str) -> ModuleType:
@@ -23,8 +27,11 @@ def require_extra(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        hint = f"pip install 'dlgpr[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
-        raise ImportError(f"{purpose} needs the {module.split('.')[0]} package, which the base install leaves out: {hint}") from None
+        top = module.split(".")[0]
+        package = PACKAGES.get(top, top)
+        if extra:
+            raise ImportError(f"{purpose} needs the {top} package, which the base install leaves out: pip install 'dlgpr[{extra}]'") from None
+        raise ImportError(f"{purpose} needs the {top} module, which is not installed: pip install {package}") from None
 
 
 @contextmanager

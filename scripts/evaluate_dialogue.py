@@ -8,6 +8,13 @@ Loads the retriever with ``dlgpr.retrieval.load_retriever``, encodes the gallery
 writes to ``out_dir``: ``table.md`` (the paper's Table 1 shape: Initial round 0, each
 questioner at ``report_rounds``, cumulative R@1/R@5 and BRI), ``results.json`` (summaries,
 timings and every per-query transcript) and ``recall.png`` (cumulative R@1 against the round).
+
+Dialogues with people: ``--human_logs runs/tryit/sessions.jsonl`` (the "try it" log of the web
+page, ``python -m dlgpr.app``) tabulates those sessions the same way (R@K per round with human
+answers, BRI, PRG; ``dlgpr.app.tryit.log_result``) into ``human.md`` and ``human.json``; without
+``--ckpt`` only the logs are tabulated:
+
+    python scripts/evaluate_dialogue.py --human_logs runs/tryit/sessions.jsonl --out_dir runs/dialogue_eval/people
 """
 
 from __future__ import annotations
@@ -38,9 +45,28 @@ class QuestionerEntry:
     """Candidates shown to this questioner each round."""
 
 
+def tabulate_logs(human_logs: list[str], rounds: int, report_rounds: list[int], out: Path, name: str = "People (try it)") -> dict:
+    """The try-it sessions of ``human_logs`` as a dialogue table: ``out/human.md`` and ``out/human.json``."""
+    from dlgpr.app.tryit import log_result, read_logs
+
+    records = read_logs(human_logs)
+    result = log_result(records, rounds)
+    summary = result.summary()
+    per_round = "R@1 by round (cumulative, %): " + " ".join(f"{100 * summary[f'round{t}/recall@1']:.1f}" for t in range(rounds + 1))
+    text = (f"{len(records)} try-it sessions from {', '.join(human_logs)}; mean questions {summary['mean_questions']:.2f}; "
+            f"found (confirmed the target): {sum(bool(r.get('found')) for r in records)}.\n\n{per_round}\n\n"
+            + table_markdown({name: result}, [t for t in report_rounds if t <= rounds]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "human.md").write_text(text)
+    (out / "human.json").write_text(json.dumps({"logs": list(human_logs), "summary": summary, "queries": result.records()}, indent=1))
+    print(text)
+    print(f"wrote {out / 'human.md'}, {out / 'human.json'}")
+    return summary
+
+
 def evaluate(
-    ckpt: str,
-    questioners: list[QuestionerEntry],
+    ckpt: str | None = None,
+    questioners: list[QuestionerEntry] = [],  # noqa: B006 (jsonargparse reads the default)
     answerer: Answerer = OracleAnswerer(),
     data_dir: str = "data/synthcities",
     split: str = "test",
@@ -54,6 +80,7 @@ def evaluate(
     eval_batch_size: int = 256,
     num_workers: int = 2,
     seed: int = 0,
+    human_logs: list[str] | None = None,
 ) -> dict[str, dict]:
     """Args:
         ckpt: retriever checkpoint written by ``python -m dlgpr fit``.
@@ -70,7 +97,17 @@ def evaluate(
             ``answerer`` at each total error rate (split equally between vague, wrong and "I
             don't remember" answers) and write ``noise.md`` and ``noise.png``.
         noise_questioner: name of the questioner entry for the noise sweep (default: the first).
+        human_logs: try-it logs of the web page to tabulate (``human.md``); without ``ckpt``
+            nothing else is run.
     """
+    out = Path(out_dir)
+    human = tabulate_logs(human_logs, rounds, report_rounds, out) if human_logs else None
+    if ckpt is None:
+        if human is None:
+            raise SystemExit("error: give --ckpt (and --questioners) to run dialogues, or --human_logs to tabulate try-it sessions")
+        return {"people": human}
+    if not questioners:
+        raise SystemExit("error: --questioners is empty")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = load_retriever(ckpt, map_location=device)
     dm = DQCitiesDataModule(data_dir=data_dir, synthetic=None)
@@ -89,7 +126,6 @@ def evaluate(
         results[entry.name] = run_dialogue(retriever, entry.questioner, answerer, queries, gallery, rounds=rounds, top_k=entry.top_k)
         print(f"{entry.name}: {time.perf_counter() - start:.1f} s, R@1 by round "
               + " ".join(f"{100 * results[entry.name].summary()[f'round{t}/recall@1']:.1f}" for t in range(rounds + 1)))
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = table_markdown(results, report_rounds)
     (out / "table.md").write_text(table)
@@ -122,7 +158,8 @@ def evaluate(
         payload["noise"] = {name: r.summary() for name, r in noisy.items()}
         (out / "results.json").write_text(json.dumps(payload, indent=1))
         print("\n".join(lines))
-    return {name: r.summary() for name, r in results.items()}
+    summaries = {name: r.summary() for name, r in results.items()}
+    return {**summaries, "people": human} if human is not None else summaries
 
 
 if __name__ == "__main__":

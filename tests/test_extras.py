@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter where the extras' packages cannot be imported, as after `pip install dlgpr`.
 PROBE = r"""
-import importlib.abc, io, json, runpy, sys, contextlib
+import importlib, importlib.abc, io, json, runpy, sys, contextlib
 BLOCKED = set(json.loads(sys.argv[1]))
 
 class Missing(importlib.abc.MetaPathFinder):
@@ -27,6 +27,7 @@ sys.meta_path.insert(0, Missing())
 import dlgpr.cli, datamodules.dqcities, datamodules.dialogue, callbacks.dialogue_eval, callbacks.retrieval_eval
 import dlgpr.modules.cmpl, dlgpr.modules.dqpilot, dlgpr.dialogue.loop, dlgpr.dialogue.questioners, dlgpr.dialogue.answerers
 import dlgpr.dialogue.api, dlgpr.rewards.retrieval_gain, dlgpr.geo.geolocator, dlgpr.geo.evaluation, dlgpr.pipeline.grounding
+import dlgpr.app, dlgpr.app.tryit, dlgpr.app.terminal, dlgpr.app.__main__
 out = {"loaded_blocked": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}
 sys.argv = ["dlgpr", "fit", "--config", "configs/cmpl.yaml", "--print_config"]
 buf = io.StringIO()
@@ -41,7 +42,8 @@ from dlgpr.pipeline.grounding import GroundingConfig, YOLOWorldGrounder
 from dlgpr.pipeline.phrases import load_spacy
 errors = {}
 for name, make in (("openai", lambda: ChatClient(ChatAPIConfig())), ("spacy", load_spacy),
-                   ("ultralytics", lambda: YOLOWorldGrounder(GroundingConfig(clip_pretrained=None)))):
+                   ("ultralytics", lambda: YOLOWorldGrounder(GroundingConfig(clip_pretrained=None))),
+                   ("gradio", lambda: importlib.import_module("dlgpr.app.web"))):
     try:
         make()
         errors[name] = None
@@ -60,9 +62,23 @@ def test_training_and_evaluation_need_no_extra_and_a_missing_one_is_named() -> N
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["loaded_blocked"] == []
     assert out["print_config_exit"] in (None, 0) and out["print_config_has_model"]
+    extra_of = {m: e for e, mods in EXTRAS.items() for m in mods}
+    assert set(out["errors"]) == {"openai", "spacy", "ultralytics", "gradio"}
     for module, message in out["errors"].items():
         assert message is not None and "\n" not in message, module
-        assert f"needs the {module} package" in message and "pip install 'dlgpr[build]'" in message
+        assert f"needs the {module} package" in message and f"pip install 'dlgpr[{extra_of[module]}]'" in message
+
+
+def test_a_missing_module_outside_the_extras_names_its_package(monkeypatch) -> None:
+    """faiss is in the base install, but a missing one says which package brings it."""
+    import pytest
+
+    from dlgpr.utils import require_extra
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
+    with pytest.raises(ImportError) as err:
+        require_extra("faiss", "a faiss gallery index")
+    assert str(err.value) == "a faiss gallery index needs the faiss module, which is not installed: pip install faiss-cpu"
 
 
 def test_every_extra_package_is_declared_in_setup_cfg() -> None:

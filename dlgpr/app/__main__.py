@@ -1,13 +1,16 @@
-"""``python -m dlgpr.app --terminal``: find a place by answering questions, on a terminal.
+"""``python -m dlgpr.app``: find a place by answering questions, on a web page or a terminal.
 
-    python -m dlgpr.app --terminal --ckpt lightning_logs/version_0/checkpoints/last.ckpt --index runs/index/test
+    python -m dlgpr.app                                   # the web page on http://127.0.0.1:7860
+    python -m dlgpr.app --ckpt lightning_logs/version_0/checkpoints/last.ckpt --index runs/index/test
     python -m dlgpr.app --terminal --questioner dlgpr.dialogue.questioners.RandomQuestioner --stopping.rule margin
 
 Defaults: the newest ``lightning_logs/*/checkpoints/last.ckpt`` under the working directory, and
 the SynthCities test split encoded on the spot when no ``--index`` (``scripts/index_gallery.py``)
 is given; the oracle teacher asks (it reads SynthCities' ground-truth attributes of the
-candidates; any questioner class or config can replace it). The web page front end is not built
-yet; a server, when there is one, binds to ``--host`` (127.0.0.1 by default).
+candidates; any questioner class or config can replace it). The web page (:mod:`dlgpr.app.web`,
+Gradio: ``pip install 'dlgpr[app]'``) binds to ``--host`` (127.0.0.1 by default) and appends
+finished "try it" sessions to ``--try_log``; ``--terminal`` needs no browser. Both front ends
+drive the same :class:`~dlgpr.app.finder.FinderSession`.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ def app(
     transcript: str | None = None,
     host: str = "127.0.0.1",
     port: int = 7860,
+    try_log: str | None = "runs/tryit/sessions.jsonl",
+    seed: int | None = None,
 ) -> None:
     """Args:
-        terminal: run in the terminal (the only front end so far).
+        terminal: run in the terminal instead of serving the web page.
         ckpt: retriever checkpoint (default: the newest under lightning_logs/).
         index: a saved gallery index folder (default: encode ``split`` of ``data_dir`` now).
         data_dir: DQ-Cities / SynthCities shards, read when no index is given.
@@ -58,10 +63,12 @@ def app(
         max_questions: questions before the finder stops asking on its own (None: no limit).
         stopping: adaptive stopping (None: off).
         max_chars: longer descriptions and answers are cut.
-        target: place id the person has in mind, when known (its rank is printed).
-        transcript: write the session's JSON here at the end.
-        host: bind address of a server front end (unused by the terminal).
+        target: place id the person has in mind, when known (its rank is printed; terminal).
+        transcript: write the session's JSON here at the end (terminal; the page has a download button).
+        host: bind address of the web page (127.0.0.1: this machine only; 0.0.0.0 opens it to the network).
         port: its port.
+        try_log: JSONL file the page appends finished "try it" sessions to (None: not logged).
+        seed: seed of the places "try it" shows (None: random).
     """
     from dlgpr.app.finder import FinderConfig, PlaceFinder
     from dlgpr.app.index import GalleryIndex, build_index, retriever_fingerprint
@@ -70,7 +77,10 @@ def app(
     from dlgpr.retrieval import ModuleTextRetriever, load_retriever
 
     if not terminal:
-        raise SystemExit(f"error: the web page is not built yet (it would listen on {host}:{port}); run with --terminal")
+        try:  # before the retriever loads: a missing gradio is one line, at once
+            from dlgpr.app import web
+        except ImportError as exc:
+            raise SystemExit(f"error: {exc}; or run with --terminal") from None
     ckpt_path = Path(ckpt) if ckpt else latest_checkpoint()
     try:
         module = load_retriever(ckpt_path)
@@ -83,7 +93,11 @@ def app(
         raise SystemExit(f"error: {exc}") from None
     config = FinderConfig(top_k=top_k, show=show, stopping=stopping, max_questions=max_questions, max_chars=max_chars)
     finder = PlaceFinder(ModuleTextRetriever(module), gallery, questioner or OracleTeacherQuestioner(), config)
-    run_terminal(finder, sys.stdin, sys.stdout, target_place_id=target, transcript=transcript)
+    if terminal:
+        run_terminal(finder, sys.stdin, sys.stdout, target_place_id=target, transcript=transcript)
+        return
+    print(f"Serving the place finder on http://{host}:{port} (Ctrl-C stops it)", file=sys.stderr)
+    web.launch(web.build_app(finder, try_log=try_log, seed=seed), host=host, port=port)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -144,6 +144,8 @@ class _Round:
     confidence: float | None
     stop: bool
     timings: dict[str, float] = field(default_factory=dict)
+    positive_ranks: list[float] = field(default_factory=list)
+    """Ranks of every image of the target place (empty when it is not known)."""
 
 
 class FinderSession:
@@ -295,10 +297,12 @@ class FinderSession:
         text = self._compose(self.description, self.history)
         emb = self.finder.retriever.embed_texts([text])  # [1, D]
         t1 = time.perf_counter()
-        scores, idx, best, _ = search_round(emb, g, self._rows, self._labels, self._listed, None, len(g), "auto")
+        scores, idx, best, pos = search_round(emb, g, self._rows, self._labels, self._listed, None, len(g), "auto")
         t2 = time.perf_counter()
         self._emb, self._scores, self._idx = emb, scores, idx
-        target = float(best[0]) if self.target_place_id is not None and g.num_positives(self.target_place_id) else None
+        known = self.target_place_id is not None and g.num_positives(self.target_place_id) > 0
+        target = float(best[0]) if known else None
+        positive_ranks = [float(r) for r in pos[0] if r > 0] if known else []
         conf, stop = None, False
         if cfg.stopping is not None:
             place_ids = g.place_ids[idx.clamp(min=0)].masked_fill(idx < 0, -1)
@@ -306,7 +310,7 @@ class FinderSession:
             conf, stop = float(c[0]), bool(s[0])
         t3 = time.perf_counter()
         self.rounds.append(_Round(len(self.history), text, idx[0].tolist(), [float(x) for x in scores[0]], target, conf, stop,
-                                  {"encode_s": round(t1 - t0, 4), "search_s": round(t2 - t1, 4), "update_s": round(t3 - t0, 4)}))
+                                  {"encode_s": round(t1 - t0, 4), "search_s": round(t2 - t1, 4), "update_s": round(t3 - t0, 4)}, positive_ranks))
         if self.stopped:
             return
         if stop:
@@ -335,7 +339,8 @@ class FinderSession:
             "transcript": [{"question": t.question, "think": t.think, "answer": t.answer, "failed": t.failed, "failure": t.failure} for t in self.history],
             "pending_question": self.pending.text if self.pending is not None else None,
             "rounds": [
-                {"round": r.round, "query": r.query, "target_rank": r.target_rank, "confidence": r.confidence, "stop": r.stop, "timings": r.timings,
+                {"round": r.round, "query": r.query, "target_rank": r.target_rank, "positive_ranks": r.positive_ranks, "confidence": r.confidence,
+                 "stop": r.stop, "timings": r.timings,
                  "candidates": [{"rank": i + 1, "key": g.keys[row], "place_id": int(g.place_ids[row]), "score": s}
                                 for i, (row, s) in enumerate(zip(r.rows[: cfg.show], r.scores[: cfg.show]))]}
                 for r in self.rounds

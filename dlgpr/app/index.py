@@ -37,7 +37,7 @@ from dlgpr.ranking import Gallery
 from dlgpr.search import topk_search
 from dlgpr.utils import require_extra
 
-__all__ = ["INDEX_FORMAT", "GalleryIndex", "IndexMismatchError", "build_index", "retriever_fingerprint"]
+__all__ = ["INDEX_FORMAT", "GalleryIndex", "IndexMismatchError", "build_index", "index_gallery", "retriever_fingerprint"]
 
 INDEX_FORMAT = "dlgpr-gallery-index"
 INDEX_VERSION = 1
@@ -260,4 +260,48 @@ def build_index(
         index.save(out_dir, faiss=faiss, nlist=nlist, nprobe=nprobe)
     elif faiss != "none":
         index.faiss_index = _faiss_index(index.embeddings, faiss, nlist, nprobe)
+    return index
+
+
+def index_gallery(
+    ckpt: str,
+    out: str,
+    data_dir: str = "data/synthcities",
+    split: str = "test",
+    thumbnails: bool = True,
+    thumbnail_size: int = 256,
+    faiss: FaissKind = "none",
+    nlist: int | None = None,
+    nprobe: int = 8,
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> GalleryIndex:
+    """Encode ``split`` of ``data_dir`` with the retriever of ``ckpt`` and save the index in ``out``
+    (``scripts/index_gallery.py``, ``python -m dlgpr index``).
+
+    Args:
+        ckpt: retriever checkpoint written by ``python -m dlgpr fit``.
+        out: the index folder to write.
+        data_dir: DQ-Cities / SynthCities shards.
+        split: the split to encode.
+        thumbnails: write a JPEG thumbnail per image under ``out/thumbs``.
+        thumbnail_size: longest side of a thumbnail in pixels.
+        faiss: also write ``faiss.index``: ``flat`` (exact) or ``ivf`` (approximate).
+        nlist: IVF cells (default about 4 sqrt(G)).
+        nprobe: IVF cells searched per query.
+        batch_size: images per encoder call.
+        num_workers: data-loader workers.
+    """
+    from dlgpr.retrieval import load_retriever
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = load_retriever(ckpt, map_location=device)
+    start = time.perf_counter()
+    build_index(module, data_dir, split, out, checkpoint=str(ckpt), thumbnails=thumbnails, thumbnail_size=thumbnail_size, faiss=faiss,
+                nlist=nlist, nprobe=nprobe, batch_size=batch_size, num_workers=num_workers)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    index = GalleryIndex.load(out, fingerprint=retriever_fingerprint(module))
+    print(f"indexed {len(index)} images of {split} ({index.embeddings.shape[1]}-d) into {out} in {built:.1f} s; "
+          f"loading it back and checking the retriever took {time.perf_counter() - start:.2f} s")
     return index

@@ -89,3 +89,13 @@ def test_a_folder_that_is_not_an_index_is_named(tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"meta": {"format": "something-else", "version": 1}}))
     with pytest.raises(IndexMismatchError, match="something-else"):
         GalleryIndex.load(tmp_path)
+
+
+def test_python_m_dlgpr_index_is_the_script(built, tmp_path):
+    from dlgpr.cli import main
+
+    assert main(["index", "--ckpt", str(built / "tiny.ckpt"), "--out", str(tmp_path / "via_cli"), "--data_dir", str(built / "data"),
+                 "--thumbnails", "false"]) is None
+    ours, script = GalleryIndex.load(tmp_path / "via_cli"), GalleryIndex.load(built / "index")
+    assert ours.keys == script.keys and torch.equal(ours.embeddings, script.embeddings)
+    assert ours.meta["retriever_fingerprint"] == script.meta["retriever_fingerprint"] and "#" in ours.images[0]
