@@ -24,6 +24,7 @@ from dlgpr.data.schema import PlaceRecord
 from dlgpr.data.shards import MANIFEST_NAME, Manifest, ShardInfo, read_manifest
 from dlgpr.data.streaming import (
     AugmentConfig,
+    BatchMiningConfig,
     TextAugmentConfig,
     EpochLoader,
     ImageTransform,
@@ -58,6 +59,7 @@ class DQCitiesDataModule(LightningDataModule):
             in some order, e.g. a city at a time, before they reach the buffer).
         augment: training-time image augmentation.
         text_augment: training-time text augmentation (dialogue-style queries).
+        batch_mining: training batches of lexically similar places (off by default).
         predict_split: split streamed by ``predict``.
         seed: data order seed; ``None`` follows the run's ``seed_everything``.
     """
@@ -74,6 +76,7 @@ class DQCitiesDataModule(LightningDataModule):
         shard_interleave: int = 4,
         augment: AugmentConfig = AugmentConfig(),
         text_augment: TextAugmentConfig = TextAugmentConfig(),
+        batch_mining: BatchMiningConfig = BatchMiningConfig(),
         predict_split: Split = "test",
         seed: int | None = None,
     ) -> None:
@@ -92,6 +95,7 @@ class DQCitiesDataModule(LightningDataModule):
         self.shard_interleave = shard_interleave
         self.augment = augment
         self.text_augment = text_augment
+        self.batch_mining = batch_mining
         self.predict_split = predict_split
         self.seed = seed
         self.manifest: Manifest | None = None
@@ -157,6 +161,7 @@ class DQCitiesDataModule(LightningDataModule):
             tokenizer=self.preprocessing.tokenizer,
             seed=self._seed(),
             text_augment=self.text_augment,
+            batch_mining=self.batch_mining,
         )
 
     def eval_dataset(self, split: str) -> RecordStream:

@@ -21,6 +21,7 @@ epoch starts, before workers are forked; the shuffle is a pure function of ``(se
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -96,7 +97,16 @@ class TextAugmentConfig:
     tower reading the words that name what is there rather than one phrasing. Language-generic:
     it uses nothing but the description's words."""
 
+    answer_prob: float = 0.0
+    """Probability that a dialogue-style query appends the place's answers instead of description
+    sentences: for records that carry attributes (SynthCities), 1..``max_sentences`` of the
+    simulated user's answer sentences about attributes drawn at random (records without
+    attributes keep description sentences). A diagnostic of how much the answers' phrasing limits
+    the dialogue; it trains on the evaluation user's own wording, so it is off by default."""
+
     def __post_init__(self) -> None:
+        if not 0.0 <= self.answer_prob <= 1.0:
+            raise ValueError(f"text_augment.answer_prob must be in [0, 1], got {self.answer_prob}")
         if not 0.0 <= self.query_prob <= 1.0:
             raise ValueError(f"text_augment.query_prob must be in [0, 1], got {self.query_prob}")
         if self.max_sentences < 1:
@@ -139,6 +149,73 @@ def dialogue_style_query(caption: str, description: str, rng: random.Random, max
     if rephrase_prob > 0:
         chosen = [rephrase_sentence(x, rng) if rng.random() < rephrase_prob else x for x in chosen]
     return " ".join([caption.strip(), *chosen]).strip()
+
+
+def answer_style_query(caption: str, attributes: dict[str, Any], rng: random.Random, max_sentences: int) -> str:
+    """The caption plus the simulated user's answers about 1..``max_sentences`` attributes of
+    ``attributes`` drawn at random (see ``TextAugmentConfig.answer_prob``)."""
+    from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
+
+    slots = [slot for slot in SLOT_QUESTIONS if slot in attributes]
+    if not slots:
+        return caption
+    chosen = rng.sample(slots, rng.randint(1, min(max_sentences, len(slots))))
+    return " ".join([caption.strip(), *(answer_sentence(slot, attributes[slot], attributes) for slot in chosen)]).strip()
+
+
+@dataclass
+class BatchMiningConfig:
+    """Places of a training batch that resemble each other, so the loss must tell them apart.
+
+    With random batches of a few dozen places, two or three salient attributes (a facade colour,
+    a pavement) already separate every place from the others, and nothing asks the towers to
+    read the small elements a dialogue asks about. With ``hard_fraction > 0`` that share of a
+    batch's places is drawn as ``groups`` clusters of lexical near neighbours: an anchor place
+    drawn at random from the shuffle buffer, then the buffer's places whose descriptions share
+    the most idf-weighted words with the anchor's (idf over the buffer). Text only: it works for
+    any dataset with descriptions, as BM25-mined negatives do for passage retrieval."""
+
+    hard_fraction: float = 0.0
+    """Share of each batch's places drawn as near neighbours (0 keeps random batches)."""
+    groups: int = 4
+    """Anchors per batch; each brings ``hard_fraction x places_per_batch / groups`` places."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"batch_mining.hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if self.groups < 1:
+            raise ValueError(f"batch_mining.groups must be >= 1, got {self.groups}")
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def lexical_neighbour_order(descriptions: Sequence[str], order: list[int], places: int, config: BatchMiningConfig) -> list[int]:
+    """``order`` (a random permutation of buffer positions) with the mined near neighbours first.
+
+    The first ``config.groups`` positions of ``order`` are anchors; each is followed by the
+    positions whose descriptions share the highest idf-weighted word mass with the anchor's
+    (``round(hard_fraction x places / groups)`` per anchor, the anchor included, ties by
+    ``order``). Positions already taken are skipped; the rest of ``order`` follows unchanged.
+    """
+    if config.hard_fraction <= 0 or not descriptions:
+        return order
+    words = [set(_WORD.findall(d.lower())) for d in descriptions]
+    df: dict[str, int] = {}
+    for ws in words:
+        for w in ws:
+            df[w] = df.get(w, 0) + 1
+    n = len(words)
+    idf = {w: math.log(n / c) for w, c in df.items()}
+    per = max(1, round(config.hard_fraction * places / config.groups))
+    rank_in_order = {pos: i for i, pos in enumerate(order)}
+    mined: list[int] = []
+    for anchor in order[: config.groups]:
+        score = [sum(idf[w] for w in words[anchor] & ws) for ws in words]
+        near = sorted(range(n), key=lambda j: (-score[j], rank_in_order[j]))
+        mined += near[:per]
+    seen: set[int] = set()
+    return [i for i in mined + order if not (i in seen or seen.add(i))]
 
 
 class ImageTransform:
@@ -213,7 +290,7 @@ class RecordCollator:
 
 def _sample_dict(sample: Sample, image: Tensor) -> dict[str, Any]:
     r = sample.record
-    return {"image": image, "place_id": r.place_id, "view": r.view, "text": r.description, "caption": r.initial_caption, "key": r.key}
+    return {"image": image, "place_id": r.place_id, "view": r.view, "text": r.description, "caption": r.initial_caption, "key": r.key, "attributes": r.attributes}
 
 
 @dataclass
@@ -315,9 +392,11 @@ class PlaceBatchStream(_ShardStream):
         seed: int = 0,
         shard_interleave: int = 4,
         text_augment: TextAugmentConfig | None = None,
+        batch_mining: BatchMiningConfig | None = None,
     ) -> None:
         super().__init__(data_dir, shards, transform, name, seed)
         self.text_augment = text_augment
+        self.batch_mining = batch_mining
         if shard_interleave < 1:
             raise ValueError("shard_interleave must be >= 1")
         self.shard_interleave = shard_interleave
@@ -407,7 +486,11 @@ class PlaceBatchStream(_ShardStream):
         if aug is not None and aug.query_prob > 0:
             for item in items:
                 if rng.random() < aug.query_prob:
-                    item["text"] = dialogue_style_query(item["caption"], item["text"], rng, aug.max_sentences, aug.rephrase_prob)
+                    attributes = item.get("attributes")
+                    if aug.answer_prob > 0 and attributes and rng.random() < aug.answer_prob:
+                        item["text"] = answer_style_query(item["caption"], attributes, rng, aug.max_sentences)
+                    else:
+                        item["text"] = dialogue_style_query(item["caption"], item["text"], rng, aug.max_sentences, aug.rephrase_prob)
         return collate_records(items, self.tokenizer)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -441,7 +524,10 @@ class PlaceBatchStream(_ShardStream):
             # draw p distinct places (a second pass can put a place in the buffer twice)
             chosen: list[int] = []
             taken: set[int] = set()
-            for i in rng.sample(range(len(buffer)), len(buffer)):
+            order = rng.sample(range(len(buffer)), len(buffer))
+            if self.batch_mining is not None and self.batch_mining.hard_fraction > 0:
+                order = lexical_neighbour_order([u.samples[0].record.description for u in buffer], order, p, self.batch_mining)
+            for i in order:
                 if buffer[i].place_id not in taken:
                     chosen.append(i)
                     taken.add(buffer[i].place_id)

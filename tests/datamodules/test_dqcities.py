@@ -273,3 +273,55 @@ def test_text_augment_replaces_the_configured_share_of_texts(tiny_dataset):
         TextAugmentConfig(query_prob=1.5)
     with pytest.raises(ValueError, match="rephrase_prob"):
         TextAugmentConfig(rephrase_prob=-0.1)
+
+
+def test_answer_prob_appends_the_simulated_users_answers(tiny_dataset):
+    from dlgpr.data.streaming import TextAugmentConfig
+    from dlgpr.data.synth.dialogue import answer_sentence
+
+    dm = _dm(tiny_dataset, text_augment=TextAugmentConfig(query_prob=1.0, answer_prob=1.0, max_sentences=3))
+    records = {r.key: r for r in _dm(tiny_dataset).records("train")}
+    seen = 0
+    for batch in dm.train_dataloader():
+        for key, text, caption in zip(batch["key"], batch["text"], batch["caption"]):
+            attrs = records[key].attributes
+            answers = {answer_sentence(slot, value, attrs) for slot, value in attrs.items()}
+            rest = text[len(caption):].strip()
+            assert text.startswith(caption) and rest
+            sentences = [s if s.endswith(".") else s + "." for s in rest.split(". ")]
+            assert set(sentences) <= answers and len(sentences) == len(set(sentences))
+            seen += 1
+    assert seen
+    with pytest.raises(ValueError, match="answer_prob"):
+        TextAugmentConfig(answer_prob=2.0)
+
+
+def test_lexical_neighbour_order_puts_each_anchors_nearest_descriptions_first():
+    from dlgpr.data.streaming import BatchMiningConfig, lexical_neighbour_order
+
+    descriptions = ["the red door and the red awning", "the blue door", "the red awning", "the green bench",
+                    "the red door", "the blue door and the blue awning", "the green bench and the tree"]
+    order = [1, 3, 0, 2, 4, 5, 6]
+    assert lexical_neighbour_order(descriptions, order, 4, BatchMiningConfig(hard_fraction=0.0)) == order
+    # one anchor (position 1, "the blue door"), 4 x 0.75 = 3 places. idf over the 7: "the" 0, "blue"
+    # ln 3.5, "door" ln 1.75: itself and 5 (blue + door, tied, order decides), then 0 and 4 (door;
+    # 0 comes first in ``order``)
+    mined = lexical_neighbour_order(descriptions, order, 4, BatchMiningConfig(hard_fraction=0.75, groups=1))
+    assert mined[:3] == [1, 5, 0]
+    assert sorted(mined) == sorted(order) and mined[3:] == [i for i in order if i not in mined[:3]]
+    # two anchors of two places each: the blue door's nearest, then the green bench's
+    mined = lexical_neighbour_order(descriptions, order, 4, BatchMiningConfig(hard_fraction=1.0, groups=2))
+    assert mined[:4] == [1, 5, 3, 6]
+    with pytest.raises(ValueError, match="hard_fraction"):
+        BatchMiningConfig(hard_fraction=1.5)
+
+
+def test_batch_mining_fills_a_batch_with_lexically_similar_places(tiny_dataset):
+    from dlgpr.data.streaming import BatchMiningConfig
+
+    def first_batch_colours(config):
+        batch = next(iter(_dm(tiny_dataset, batch_mining=config).train_dataloader()))
+        return {text.split()[1] for text in batch["text"]}  # "a <colour> building number ..."
+
+    assert len(first_batch_colours(BatchMiningConfig(hard_fraction=1.0, groups=1))) == 1  # one colour
+    assert len(first_batch_colours(BatchMiningConfig())) > 1  # random places
