@@ -59,6 +59,10 @@ class FinderConfig:
     """Questions after which the finder stops asking on its own (None: no limit)."""
     max_chars: int = 1000
     """Longer descriptions and answers are cut to this many characters (with a message)."""
+    one_view_per_place: bool = True
+    """A person is shown each place once, by its best-scoring view, and candidate ranks count
+    places (False: image by image, several views of one place can fill several slots). What the
+    questioner sees and the target's rank (the dialogue metric's, over images) do not change."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.show < 1:
@@ -182,7 +186,8 @@ class FinderSession:
         self._rows = rows if rows.shape[1] else torch.full((1, 1), -1, dtype=torch.long)
         if target_place_id is not None and g.num_positives(target_place_id) == 0:
             self.messages.append(f"Place {target_place_id} has no image in this gallery; its rank is not recorded.")
-        self._listed = max(cfg.top_k, cfg.show, cfg.stopping.top_k if cfg.stopping else 0)
+        views = int(torch.unique(g.place_ids, return_counts=True)[1].max()) if cfg.one_view_per_place and len(g) else 1
+        self._listed = max(cfg.top_k, cfg.show * views, cfg.stopping.top_k if cfg.stopping else 0)  # enough for `show` places
         self._query = DialogueQuery(session_id, text, Target(target_place_id if target_place_id is not None else -1, ""))
         self._emb = self._scores = self._idx = None
         self._update()
@@ -190,14 +195,27 @@ class FinderSession:
     # ---- what a front end reads -----------------------------------------------------------------
 
     def candidates(self, n: int | None = None) -> list[CandidateView]:
-        """The current top ``n`` (``config.show``) candidates, best first."""
-        last = self.rounds[-1]
+        """The current top ``n`` (``config.show``) candidates, best first: places by their best
+        view (``config.one_view_per_place``) or images."""
         n = self.finder.config.show if n is None else n
         return [
             CandidateView(rank=r + 1, key=self.finder.gallery.keys[row], place_id=int(self.finder.gallery.place_ids[row]), score=s,
                           image=self.finder.image_location(row), coordinates=self.finder.coordinates(row))
-            for r, (row, s) in enumerate(zip(last.rows[:n], last.scores[:n]))
+            for r, (row, s) in enumerate(self._displayed(self.rounds[-1])[:n])
         ]
+
+    def _displayed(self, rnd: "_Round") -> list[tuple[int, float]]:
+        """``(gallery row, score)`` of what a person is shown for round ``rnd``, best first."""
+        listed = [(row, score) for row, score in zip(rnd.rows, rnd.scores) if row >= 0]
+        if not self.finder.config.one_view_per_place:
+            return listed
+        place_ids, seen, out = self.finder.gallery.place_ids, set(), []
+        for row, score in listed:
+            pid = int(place_ids[row])
+            if pid not in seen:
+                seen.add(pid)
+                out.append((row, score))
+        return out
 
     @property
     def target_ranks(self) -> list[float | None]:
@@ -266,19 +284,20 @@ class FinderSession:
     def confirm(self, choice: int | str) -> CandidateView:
         """End the search with the candidate of 1-based rank ``choice`` in the current list, or
         with gallery key ``choice``."""
-        last = self.rounds[-1]
+        shown = self._displayed(self.rounds[-1])
         g = self.finder.gallery
         if isinstance(choice, int):
-            if not 1 <= choice <= len(last.rows):
-                raise ValueError(f"rank must be between 1 and {len(last.rows)}, got {choice}")
-            row = last.rows[choice - 1]
+            if not 1 <= choice <= len(shown):
+                raise ValueError(f"rank must be between 1 and {len(shown)}, got {choice}")
+            row, score = shown[choice - 1]
             rank = choice
         else:
             if choice not in g.keys:
                 raise ValueError(f"no gallery image has key {choice!r}")
             row = g.keys.index(choice)
-            rank = last.rows.index(row) + 1 if row in last.rows else 0
-        score = last.scores[rank - 1] if rank else float("nan")
+            same = [i for i, (r, _) in enumerate(shown) if r == row or (self.finder.config.one_view_per_place and g.place_ids[r] == g.place_ids[row])]
+            rank = same[0] + 1 if same else 0
+            score = shown[same[0]][1] if same else float("nan")
         self.confirmed = CandidateView(rank, g.keys[row], int(g.place_ids[row]), score, self.finder.image_location(row), self.finder.coordinates(row))
         self.pending = None
         self.stopped, self.stop_reason = True, "confirmed"
@@ -342,7 +361,7 @@ class FinderSession:
                 {"round": r.round, "query": r.query, "target_rank": r.target_rank, "positive_ranks": r.positive_ranks, "confidence": r.confidence,
                  "stop": r.stop, "timings": r.timings,
                  "candidates": [{"rank": i + 1, "key": g.keys[row], "place_id": int(g.place_ids[row]), "score": s}
-                                for i, (row, s) in enumerate(zip(r.rows[: cfg.show], r.scores[: cfg.show]))]}
+                                for i, (row, s) in enumerate(self._displayed(r)[: cfg.show])]}
                 for r in self.rounds
             ],
             "target_ranks": self.target_ranks,

@@ -143,7 +143,37 @@ def test_a_gallery_index_gives_image_locations_and_coordinates(world):
     coords[0, 1] = 12.5
     index = GalleryIndex(gallery.embeddings, gallery.place_ids, coords, gallery.keys, gallery.descriptions, gallery.attributes,
                          [f"/imgs/{k}.jpg" for k in gallery.keys])
-    s = PlaceFinder(retriever, index, RandomQuestioner(), FinderConfig(show=n)).start(queries[0].initial_description)
+    s = PlaceFinder(retriever, index, RandomQuestioner(), FinderConfig(show=n, one_view_per_place=False)).start(queries[0].initial_description)
     by_key = {c.key: c for c in s.candidates()}
     assert all(c.image == f"/imgs/{c.key}.jpg" for c in by_key.values())
     assert by_key[gallery.keys[0]].coordinates == (40.0, 12.5) and by_key[gallery.keys[1]].coordinates is None
+
+
+def test_a_person_sees_each_place_once_by_its_best_view(world):
+    retriever, gallery, queries = world  # two views per place
+    q = queries[5]
+    by_image = PlaceFinder(retriever, gallery, RandomQuestioner(), FinderConfig(show=6, one_view_per_place=False)).start(q.initial_description)
+    by_place = PlaceFinder(retriever, gallery, RandomQuestioner(), FinderConfig(show=6)).start(q.initial_description)
+    images = by_image.candidates(n=40)
+    expected, seen = [], set()
+    for c in images:  # naive: the first (best) view of each place, in the image order
+        if c.place_id not in seen:
+            seen.add(c.place_id)
+            expected.append((c.key, c.place_id, c.score))
+    places = by_place.candidates()
+    assert len(places) == 6 and len({c.place_id for c in places}) == 6
+    assert [(c.key, c.place_id, c.score) for c in places] == expected[:6]
+    assert [c.rank for c in places] == [1, 2, 3, 4, 5, 6]
+    assert len({c.place_id for c in by_image.candidates()}) < 6  # image by image, views repeat places
+    # what the questioner sees and the target's rank do not depend on the display
+    assert by_place.rounds[-1].rows[:10] == by_image.rounds[-1].rows[:10]
+    # confirming rank 3 confirms the third place shown; a key confirms its place's rank
+    assert by_place.confirm(3).place_id == places[2].place_id
+    other = PlaceFinder(retriever, gallery, RandomQuestioner(), FinderConfig(show=6)).start(q.initial_description)
+    second_view = next(k for k, p in zip(gallery.keys, gallery.place_ids.tolist()) if p == places[1].place_id and k != places[1].key)
+    assert other.confirm(second_view).rank == 2
+    assert json_candidates(by_place) == [c.key for c in places]
+
+
+def json_candidates(session):
+    return [c["key"] for c in session.to_dict()["rounds"][-1]["candidates"]]
