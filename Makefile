@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX_URL ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install demo test test-slow clean-data
+.PHONY: install demo globe test test-slow clean-data
 
 $(STAMP): setup.cfg pyproject.toml requirements/torch.txt requirements/models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m dlgpr fit --config configs/cmpl.yaml
+
+# the embedded GLOBE end to end (docs/GLOBE.md, "The ablation"); resumable, stage by stage
+globe: $(STAMP)
+	PYTHON=$(PY) bash scripts/globe_embedded.sh
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: $(STAMP)

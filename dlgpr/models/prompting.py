@@ -48,6 +48,25 @@ QUESTIONER_SYSTEM = (
     "question inside <question></question>. Output nothing else."
 )
 
+GEO_SYSTEM = (
+    "You locate street-view photos. Name the visible clues that tell where the photo was taken "
+    "inside <think></think>, then give the place inside <answer>city, country</answer>."
+)
+GEO_QUESTION = "Where was this photo taken?"
+CAPTION_QUESTION = "Describe this street view."
+"""The image policy's two tasks: GLOBE's geo-localization prompt, and the description task it is pretrained on."""
+
+
+def geo_messages(image: Any, question: str = GEO_QUESTION) -> Messages:
+    """Chat messages asking where ``image`` was taken (GLOBE's format), or another question about it.
+
+    One prompt for the image policy's SFT, GRPO rollouts and evaluation; a text-only tokenizer
+    drops the image part (:func:`flatten_text`) and the policy reads the image as its prefix.
+    """
+    return [{"role": "system", "content": [{"type": "text", "text": GEO_SYSTEM}]},
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+
+
 FALLBACK_CHAT_TEMPLATE = (
     "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
@@ -163,6 +182,17 @@ class PromptEncoder:
     def messages(self, request: QuestionRequest) -> Messages:
         """The chat messages of one request, candidates shown as this encoder shows them."""
         return questioner_messages(request, with_images=self.with_images, max_description_words=self.prompt.max_description_words)
+
+    def encode(self, prompts: list[Messages], model: Any = None) -> BatchEncoding | BatchFeature:
+        """:meth:`__call__`, plus ``pixel_values`` [B, 3, S, S] (one image per prompt) when ``model``
+        reads images as a prefix of its own (the embedded image policy, ``takes_pixel_values``)."""
+        enc = self(prompts)
+        if getattr(model, "takes_pixel_values", False):
+            images = [message_images(m) for m in prompts]
+            if any(len(ims) != 1 for ims in images):
+                raise ValueError("the image policy reads exactly one image per prompt")
+            enc["pixel_values"] = model.pixel_values([ims[0] for ims in images])
+        return enc
 
     def __call__(self, prompts: list[Messages]) -> BatchEncoding | BatchFeature:
         """Render ``prompts`` with the chat template (generation prompt added), left-padded, on the CPU.

@@ -25,7 +25,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -59,10 +59,12 @@ CHATML_TEMPLATE = (
 CHATML_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 FORMAT_TAGS = ("<think>", "</think>", "<question>", "</question>")
 """Kept whole by the corpus tokenizer; plain (not special) tokens, so decoding keeps them."""
+GEO_FORMAT_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+"""The tags of GLOBE's reply format, for a geo policy's corpus tokenizer."""
 
 
-def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on ``texts`` with ChatML specials and the format tags as single tokens.
+def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int = 4096, tags: Sequence[str] = FORMAT_TAGS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``texts`` with ChatML specials and the format ``tags`` as single tokens.
 
     Byte-level, so every string round-trips exactly through encode/decode (the format reward
     parses decoded text).
@@ -74,7 +76,7 @@ def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreT
         vocab_size=vocab_size, special_tokens=list(CHATML_SPECIAL), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None)
     tok.chat_template = CHATML_TEMPLATE
     return tok
@@ -100,6 +102,27 @@ class ScratchLMConfig:
 
 
 @dataclass
+class ImagePolicyConfig:
+    """The embedded image-conditioned policy (``dlgpr.models.image_policy.ImagePolicy``): a frozen
+    CLIP image tower whose embedding a projector turns into ``image_tokens`` prefix embeddings of a
+    small decoder trained from scratch (the CPU stand-in for a vision-language model)."""
+
+    tower_model: str = "dlgpr-mini"
+    """open_clip architecture of the image tower (dlgpr's ``dlgpr-mini``: the retriever's)."""
+    tower_pretrained: str | None = "synthcities"
+    """Its weights: a dlgpr tag, an open_clip tag or a file (None: random, for tests)."""
+    image_tokens: int = 4
+    """Prefix embeddings the projector makes from one image."""
+    decoder: ScratchLMConfig = field(default_factory=lambda: ScratchLMConfig(hidden_size=192, num_layers=3, num_heads=4, num_kv_heads=2,
+                                                                             intermediate_size=512, max_position_embeddings=1024))
+    """The decoder's size (a Qwen2 architecture around the corpus tokenizer)."""
+
+    def __post_init__(self) -> None:
+        if self.image_tokens < 1:
+            raise ValueError(f"image.image_tokens must be >= 1, got {self.image_tokens}")
+
+
+@dataclass
 class PolicyConfig:
     """Where the policy comes from (see the module docstring)."""
 
@@ -116,6 +139,9 @@ class PolicyConfig:
     """Recompute activations in the backward pass (long multimodal prompts at 7B)."""
     attn_implementation: str | None = None
     """e.g. ``sdpa`` or ``flash_attention_2``; None: transformers' default."""
+    image: ImagePolicyConfig | None = None
+    """Build the embedded image-conditioned policy around the tokenizer in ``model`` (random
+    decoder and projector, seeded; the image tower pretrained) instead of loading a checkpoint."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -126,6 +152,8 @@ class PolicyConfig:
             raise ValueError("policy.dtype 'auto' needs a checkpoint: a scratch model takes float32, float16 or bfloat16")
         if self.gguf_file is not None and self.scratch is not None:
             raise ValueError("policy.gguf_file and policy.scratch exclude each other")
+        if self.image is not None and (self.scratch is not None or self.gguf_file is not None):
+            raise ValueError("policy.image builds its own decoder: it excludes policy.scratch and policy.gguf_file")
 
 
 @dataclass
@@ -160,6 +188,12 @@ def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, A
         kwargs["attn_implementation"] = config.attn_implementation
     if (path / POLICY_FILE).is_file():
         return _load_export(path, config, dtype, kwargs)
+    if config.image is not None:
+        from dlgpr.models.image_policy import ImagePolicy
+
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        torch.manual_seed(seed)
+        return _finish(_cast(ImagePolicy(config.image, tokenizer), dtype), tokenizer, config)
     if config.scratch is not None:
         tokenizer = AutoTokenizer.from_pretrained(config.model)
         s = config.scratch
@@ -188,6 +222,10 @@ def load_policy(config: PolicyConfig, seed: int = 0) -> tuple[PreTrainedModel, A
     return _finish(model, tokenizer, config)
 
 
+def _cast(model: torch.nn.Module, dtype: torch.dtype | str) -> Any:
+    return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+
+
 def _finish(model: PreTrainedModel, processor: Any, config: PolicyConfig) -> tuple[PreTrainedModel, Any]:
     tokenizer = tokenizer_of(processor)
     if tokenizer.pad_token is None:
@@ -200,6 +238,11 @@ def _finish(model: PreTrainedModel, processor: Any, config: PolicyConfig) -> tup
 
 def _load_export(path: Path, config: PolicyConfig, dtype: torch.dtype | str, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
     meta = json.loads((path / POLICY_FILE).read_text())
+    if meta.get("kind") == "image_policy":
+        from dlgpr.models.image_policy import ImagePolicy
+
+        processor = AutoTokenizer.from_pretrained(str(path))
+        return _finish(_cast(ImagePolicy.load(path, processor), dtype), processor, config)
     if meta.get("kind") == "adapter":
         from peft import PeftModel
 
@@ -248,7 +291,10 @@ def export_policy(model: PreTrainedModel, processor: Any, out_dir: str | Path, b
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vlm = is_vlm(processor)
-    if is_peft(model):
+    if getattr(model, "takes_pixel_values", False):  # the embedded image policy: its own weights file
+        model.save(out)
+        meta = {"kind": "image_policy", "vlm": False}
+    elif is_peft(model):
         if base.scratch is not None:
             raise ValueError("a LoRA adapter on a scratch-built base cannot be exported (the base weights are random): train it without lora")
         model.save_pretrained(str(out))

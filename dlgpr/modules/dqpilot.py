@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from dlgpr.data.geo import GeoSample
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
 from dlgpr.dialogue.types import ProcessorConsumer, ReportsStats
 from dlgpr.losses import group_advantages, grpo_loss
-from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, message_images
+from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, geo_messages, message_images
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 from dlgpr.rewards import WeightedReward, check_failure_order, combine_rewards
@@ -162,7 +163,9 @@ class SFTModule(QuestionerModule):
 
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
         labels = batch["labels"]  # [B, L], -100 outside the completions
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "images")}
+        if "images" in batch:  # the embedded image policy reads PIL images through its own tower transform
+            inputs["pixel_values"] = self.model.pixel_values(batch["images"]).to(labels.device)
         logits = self.model(**inputs, use_cache=False).logits[:, :-1].float()  # [B, L-1, V]
         target = labels[:, 1:]  # [B, L-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -223,7 +226,13 @@ class GRPOConfig:
 
 
 class GRPOModule(QuestionerModule):
-    """GRPO on prompts from the dialogue corpus, rewards from the config (see the module docstring)."""
+    """GRPO on prompts from the dialogue corpus (DQ-Pilot) or on geo samples (GLOBE), rewards from
+    the config (see the module docstring).
+
+    ``val_world``: for GLOBE, the geo world whose gazetteer turns the greedy validation answers into
+    coordinates, so validation logs ``val/acc@<km>km`` at 1 / 25 / 200 / 750 / 2500 km,
+    ``val/city_acc``, ``val/country_acc`` and ``val/format_rate`` (None: rewards only).
+    """
 
     collate_mode = "prompts"
 
@@ -238,6 +247,7 @@ class GRPOModule(QuestionerModule):
         prompt: PromptConfig = PromptConfig(),
         export_dir: str | None = None,
         seed: int = 0,
+        val_world: str | None = None,
     ) -> None:
         if not rewards:
             raise ValueError("GRPOModule needs at least one reward")
@@ -249,6 +259,8 @@ class GRPOModule(QuestionerModule):
         self.grpo = grpo
         self.automatic_optimization = False
         self.aborted_steps = 0
+        self.val_world = val_world
+        self._val_geo: Any = None
         self._reference: list[torch.nn.Module] = []  # a list keeps it out of state_dict and the optimiser
         if lora is None and grpo.beta > 0:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -271,8 +283,9 @@ class GRPOModule(QuestionerModule):
 
     # ---- 1. rollout -----------------------------------------------------------------------------
     def messages(self, examples: Sequence[Any]) -> list[Messages]:
-        """The chat messages of corpus turns, as the policy is prompted with them."""
-        return [self.encoder.messages(ex.request) for ex in examples]
+        """The chat messages of corpus turns (DQ-Pilot) or geo samples (GLOBE: where was this image
+        taken?), as the policy is prompted with them."""
+        return [geo_messages(ex.image()) if isinstance(ex, GeoSample) else self.encoder.messages(ex.request) for ex in examples]
 
     @torch.no_grad()
     def rollout(self, examples: Sequence[Any], group_size: int | None = None, greedy: bool = False, for_update: bool = True) -> Rollout:
@@ -282,7 +295,7 @@ class GRPOModule(QuestionerModule):
         """
         g = group_size or self.grpo.group_size
         messages = self.messages(examples)
-        enc = self.encoder(messages).to(self.model.get_input_embeddings().weight.device)
+        enc = self.encoder.encode(messages, self.model).to(self.model.get_input_embeddings().weight.device)
         # generation stops at the tokenizer's end-of-turn token, where the completion mask ends
         out = generate(self.model, self.tokenizer, enc, self.grpo.max_new_tokens, do_sample=not greedy, temperature=self.grpo.temperature,
                        top_p=self.grpo.top_p, num_return_sequences=g, eos_token_id=self.tokenizer.eos_token_id)  # [B * G, L + T]
@@ -294,7 +307,7 @@ class GRPOModule(QuestionerModule):
         texts = [self.tokenizer.decode(row[: int(m.sum())], skip_special_tokens=True).strip() for row, m in zip(completion, mask)]
         # images actually shown per prompt (a candidate without an image is shown as text)
         images_per_prompt = [len(message_images(msgs)) for msgs in messages]
-        vision = _repeat_vision(enc, images_per_prompt, g)
+        vision = _repeat_vision(enc, images_per_prompt, g, self.model)
         prompt_ids = enc["input_ids"].repeat_interleave(g, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(g, dim=0)
         roll = Rollout(prompt_ids, prompt_mask, completion, mask, texts, vision, None, None)
@@ -329,11 +342,14 @@ class GRPOModule(QuestionerModule):
         """Weighted total and per-function rewards of ``completions`` (the G of each prompt contiguous).
 
         Reward functions get ``(prompts, completions, **batch)`` with one entry per completion:
-        ``example`` (the corpus turn), ``target``, ``initial_description``, ``history``.
+        ``example`` (the corpus turn), ``target``, ``initial_description``, ``history``; for geo
+        samples (GLOBE) the prompt and ``sample`` are the :class:`~dlgpr.data.geo.GeoSample` itself.
         Raises ``FloatingPointError`` / ``ValueError`` on a non-finite or malformed reward.
         """
         g = len(completions) // len(examples)
         rep = [ex for ex in examples for _ in range(g)]
+        if rep and all(isinstance(ex, GeoSample) for ex in rep):
+            return combine_rewards(self.rewards, rep, completions, sample=rep, example=rep)
         batch = {
             "example": rep,
             "target": [ex.target for ex in rep],
@@ -427,12 +443,46 @@ class GRPOModule(QuestionerModule):
         self.log("val/reward", torch.tensor(total).mean(), prog_bar=True, batch_size=len(batch), sync_dist=True)
         for k, v in parts.items():
             self.log(f"val/reward/{k}", torch.tensor(v).mean(), batch_size=len(batch), sync_dist=True)
+        self.log("val/completion_length", roll.completion_mask.sum(1).float().mean(), batch_size=len(batch), sync_dist=True)
+        if self.val_world is not None and batch and isinstance(batch[0], GeoSample):
+            self._geo_validation_update(batch, roll.completions)
+
+    def _geo_validation_update(self, samples: Sequence[GeoSample], completions: Sequence[str]) -> None:
+        from dlgpr.geo.answer import parse_answer
+        from dlgpr.geo.gazetteer import load_gazetteer
+        from dlgpr.geo.metrics import GeoAccumulator
+
+        if self._val_geo is None:
+            gazetteer = load_gazetteer("world", self.val_world)
+            self._val_geo = (gazetteer, GeoAccumulator(canonical=gazetteer.canonical_country), [0, 0])
+        gazetteer, acc, formats = self._val_geo
+        answers = [parse_answer(c) for c in completions]
+        coords = [gazetteer.resolve(a.city or None, a.country or None) if a.ok else None for a in answers]
+        acc.update([m.lat if m else float("nan") for m in coords], [m.lon if m else float("nan") for m in coords],
+                   [s.lat for s in samples], [s.lon for s in samples], pred_city=[a.city for a in answers],
+                   true_city=[s.city for s in samples], pred_country=[a.country for a in answers], true_country=[s.country for s in samples])
+        formats[0] += sum(a.well_formed and a.ok for a in answers)
+        formats[1] += len(answers)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_geo is None:
+            return
+        _, acc, formats = self._val_geo
+        if formats[1]:
+            m = acc.compute()
+            values = {f"val/acc@{k:g}km": v for k, v in m.accuracy.items()}
+            values.update({"val/city_acc": m.city_accuracy, "val/country_acc": m.country_accuracy, "val/format_rate": formats[0] / formats[1]})
+            self.log_dict({k: torch.tensor(float(v)) for k, v in values.items()})
+        acc.reset()
+        formats[0] = formats[1] = 0
 
 
-def _repeat_vision(enc: Any, images_per_prompt: list[int], g: int) -> dict[str, Tensor]:
+def _repeat_vision(enc: Any, images_per_prompt: list[int], g: int, model: Any = None) -> dict[str, Tensor]:
     """The processor's image tensors with each prompt's images repeated ``g`` times (rows ``p * G + g``)."""
     if "pixel_values" not in enc or not sum(images_per_prompt):
         return {}
+    if getattr(model, "takes_pixel_values", False):  # the image policy: one [3, S, S] image per prompt
+        return {"pixel_values": enc["pixel_values"].repeat_interleave(g, dim=0)}
     grid = enc["image_grid_thw"]  # [images, 3]
     patches = grid.prod(dim=1).tolist()  # patches per image
     pix_chunks = list(torch.split(enc["pixel_values"], patches))
