@@ -5,26 +5,18 @@ import torch
 
 from dlgpr.app.finder import FinderConfig, PlaceFinder, clean_text, drive
 from dlgpr.app.index import GalleryIndex
-from dlgpr.data.turns import AnswerRequest, Question
+from dlgpr.data.turns import Question
 from dlgpr.dialogue.answerers import DONT_KNOW, OracleAnswerer
 from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner, RandomQuestioner
 from dlgpr.dialogue.stopping import StoppingConfig
 from dlgpr.dialogue.types import compose_query
-from tests.helpers.lexical_world import lexical_world
+from tests.helpers.lexical_world import lexical_world, oracle_answer
 
 
 @pytest.fixture(scope="module")
 def world():
     return lexical_world(places_per_city=20)
-
-
-def oracle_answer(query, session):
-    """What the oracle user says to the session's open question."""
-    def answer(question):
-        req = AnswerRequest(query.query_id, session.questions_asked + 1, question.text, query.target, tuple(session.history))
-        return OracleAnswerer().answer([req])[0].text
-    return answer
 
 
 def naive_rank(retriever, gallery, text, place_id):

@@ -11,11 +11,10 @@ import torch
 
 from dlgpr.app.finder import FinderConfig, PlaceFinder, drive
 from dlgpr.app.tryit import TRYIT_FORMAT, append_log, log_result, pick_target, read_logs
-from dlgpr.data.turns import AnswerRequest
 from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
-from tests.helpers.lexical_world import lexical_world
+from tests.helpers.lexical_world import lexical_world, oracle_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,11 +24,6 @@ def world():
     return lexical_world(places_per_city=10)
 
 
-def oracle(query, session):
-    def answer(question):
-        req = AnswerRequest(query.query_id, session.questions_asked + 1, question.text, query.target, tuple(session.history))
-        return OracleAnswerer().answer([req])[0].text
-    return answer
 
 
 def test_log_records_and_their_table_match_run_dialogue(world, tmp_path):
@@ -40,7 +34,7 @@ def test_log_records_and_their_table_match_run_dialogue(world, tmp_path):
     log = tmp_path / "log" / "tryit.jsonl"
     for q in qs:
         s = finder.start(q.initial_description, target_place_id=q.target.place_id)
-        drive(s, oracle(q, s), rounds=2)
+        drive(s, oracle_answer(q, s), rounds=2)
         s.confirm(1)
         append_log(log, s)
     lines = log.read_text().splitlines()

@@ -7,7 +7,8 @@ import torch
 
 from dlgpr.data.synth.dialogue import answer_sentence
 from dlgpr.data.synth.generate import SynthCitiesConfig, make_world
-from dlgpr.data.turns import Target
+from dlgpr.data.turns import AnswerRequest, Target
+from dlgpr.dialogue.answerers import OracleAnswerer
 from dlgpr.dialogue.loop import DialogueQuery
 from dlgpr.ranking import Gallery
 from tests.helpers.lexical import LexicalRetriever
@@ -35,3 +36,11 @@ def lexical_world(places_per_city: int = 20, views: int = 2, seed: int = 1) -> t
         for i, p in enumerate(w.places)
     ]
     return retriever, gallery, queries
+
+
+def oracle_answer(query: DialogueQuery, session):
+    """What the oracle user says to a PlaceFinder session's open question about ``query``'s target."""
+    def answer(question):
+        req = AnswerRequest(query.query_id, session.questions_asked + 1, question.text, query.target, tuple(session.history))
+        return OracleAnswerer().answer([req])[0].text
+    return answer
