@@ -74,7 +74,8 @@ def test_validation_logs_hand_computed_geo_accuracies(world: Path, tokenizer_dir
     ]
     replies = [GOOD.format("Aurelia, Valdoria"), GOOD.format("Aurelia, Valdoria"), "I think it is somewhere warm.",
                GOOD.format("Aurelia, Valdoria"), GOOD.format("Caldera, Ostmark")]
-    fake = FixedReplies(m.tokenizer, replies * 2)
+    right = [GOOD.format(f"{s.city}, {s.country}") for s in samples]
+    fake = FixedReplies(m.tokenizer, replies + right)
     monkeypatch.setattr(dqpilot, "generate", fake)
     trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(samples, batch_size=3, shuffle=False, collate_fn=lambda b: b)  # two batches: 3 + 2
@@ -89,7 +90,11 @@ def test_validation_logs_hand_computed_geo_accuracies(world: Path, tokenizer_dir
         "val/format_rate": 4 / 5,  # all but c
         "val/reward/format": 4 / 5,
     }
-    for _ in range(2):  # a second epoch starts afresh: the same values, not an accumulation of both
-        [metrics] = trainer.validate(m, loader, verbose=False)
-        assert {k: round(metrics[k], 6) for k in expected} == {k: round(v, 6) for k, v in expected.items()}
+    [metrics] = trainer.validate(m, loader, verbose=False)
+    assert {k: round(metrics[k], 6) for k in expected} == {k: round(v, 6) for k, v in expected.items()}
+
+    # a second epoch starts afresh: every reply names the right city (a's image is 5.6 km from its centre)
+    [metrics] = trainer.validate(m, loader, verbose=False)
+    expected = {k: 1.0 for k in expected} | {"val/acc@1km": 4 / 5}
+    assert {k: round(metrics[k], 6) for k in expected} == {k: round(v, 6) for k, v in expected.items()}
     assert fake.calls == 4 and not fake.replies
