@@ -118,6 +118,8 @@ class ImagePolicyConfig:
     """The decoder's size (a Qwen2 architecture around the corpus tokenizer)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.tower_pretrained, str) and self.tower_pretrained.strip().lower() in ("", "none", "null"):
+            self.tower_pretrained = None  # a command-line `null` reaches this nested dataclass as text
         if self.image_tokens < 1:
             raise ValueError(f"image.image_tokens must be >= 1, got {self.image_tokens}")
 
