@@ -380,6 +380,12 @@ def _build_policy(s: Settings) -> tuple[Any, Any, dict[str, Any]]:
     return model, processor, info
 
 
+def _plain_ids(tok: Any) -> torch.Tensor:
+    """The tokenizer's ids that are plain text: no special token, no image/video placeholder."""
+    special = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    return torch.tensor([i for i in range(len(tok)) if i not in special])
+
+
 def _prompts(s: Settings, processor: Any, n: int, length: int) -> dict[str, torch.Tensor]:
     """``n`` encoded prompts of exactly ``length`` tokens, each with its images (the processor's
     placeholders and tensors), the rest random text tokens, ending in the assistant header."""
@@ -394,8 +400,7 @@ def _prompts(s: Settings, processor: Any, n: int, length: int) -> dict[str, torc
     filler = length - enc["input_ids"].shape[1] - len(tail)
     if filler < 0:
         raise ValueError(f"{length} prompt tokens cannot hold {s.images_per_prompt} images of {s.image_px} px")
-    special = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    plain = torch.tensor([i for i in range(len(tok)) if i not in special])
+    plain = _plain_ids(tok)
     g = torch.Generator().manual_seed(1)
     text = plain[torch.randint(len(plain), (n, filler), generator=g)]
     out = dict(enc)
@@ -464,7 +469,7 @@ def part_policy_grpo(s: Settings) -> dict[str, Any]:
     ``prompts x group`` completions of the config's length (reference pass with the adapter off)."""
     import yaml
 
-    from dlgpr.models.prompting import generate
+    from dlgpr.models.prompting import generate, placeholder_token_ids
     from dlgpr.modules.dqpilot import GRPOConfig, Rollout, _repeat_vision
 
     _reset_peak(s.device)
@@ -483,9 +488,15 @@ def part_policy_grpo(s: Settings) -> dict[str, Any]:
     gen_s = time.perf_counter() - t0
     rows = s.grpo_prompts * grpo.group_size
     generated = int(out.shape[1] - enc_dev["input_ids"].shape[1])
+    written = out[:, enc_dev["input_ids"].shape[1]:]
+    placeholders_written = int(torch.isin(written, torch.tensor(placeholder_token_ids(model), device=written.device)).sum())
+    if placeholders_written:
+        raise RuntimeError(f"generate wrote {placeholders_written} image/video placeholder tokens (they must be suppressed)")
     # the update on completions of the config's full length (random weights rarely stop early)
     g = torch.Generator().manual_seed(2)
-    completion = torch.randint(len(tok), (rows, s.completion_tokens), generator=g).to(s.device)
+    # plain text tokens, as the rollout writes (generate suppresses the placeholders; one fed back fails the forward)
+    plain = _plain_ids(tok)
+    completion = plain[torch.randint(len(plain), (rows, s.completion_tokens), generator=g)].to(s.device)
     vision = {k: v.to(s.device) for k, v in _repeat_vision(enc_dev, [s.images_per_prompt] * s.grpo_prompts, grpo.group_size).items()}
     roll = Rollout(enc_dev["input_ids"].repeat_interleave(grpo.group_size, 0), enc_dev["attention_mask"].repeat_interleave(grpo.group_size, 0),
                    completion, torch.ones_like(completion), [""] * rows, vision, None, None)
@@ -511,7 +522,7 @@ def part_policy_grpo(s: Settings) -> dict[str, Any]:
     step_s = sum(times) / len(times)
     tokens = rows * (s.prompt_tokens + s.completion_tokens)
     return dict(info, prompts=s.grpo_prompts, group_size=grpo.group_size, rows=rows, prompt_tokens=s.prompt_tokens,
-                completion_tokens=s.completion_tokens, generate_new_tokens=generated, generate_s=gen_s,
+                completion_tokens=s.completion_tokens, generate_new_tokens=generated, placeholders_written=placeholders_written, generate_s=gen_s,
                 generate_tokens_per_s=rows * generated / gen_s, steps=len(times), step_s=step_s,
                 reference_s=sum(ref_times[-len(times):]) / len(times), tokens_per_s=tokens / step_s,
                 peak_mem_gib=_peak_gib(s.device), loss=last["loss"], kl=last["kl"], grad_norm=last.get("grad_norm"))

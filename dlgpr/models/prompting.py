@@ -240,6 +240,23 @@ class PromptEncoder:
         return enc
 
 
+PLACEHOLDER_CONFIG_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def placeholder_token_ids(model: PreTrainedModel) -> list[int]:
+    """Token ids a vision-language model reads as image or video placeholders (Qwen2.5-VL:
+    ``<|image_pad|>``, ``<|video_pad|>``, ``<|vision_start|>``, ``<|vision_end|>``); [] for a text model.
+
+    A policy must never write them: fed back (GRPO's log-prob pass, a later prompt), each one asks
+    the model for vision features that do not exist, and the forward fails. ``generate`` suppresses
+    them and ``GRPOModule.completion_logp`` masks them the same way, so the log-probabilities stay
+    those of the distribution sampled from.
+    """
+    config = getattr(model, "config", None)
+    ids = {getattr(config, field, None) for field in PLACEHOLDER_CONFIG_FIELDS}
+    return sorted(int(i) for i in ids if isinstance(i, int) and i >= 0)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -257,7 +274,8 @@ def generate(
 
     Returns [B * num_return_sequences, L + N'] (rows ``p * num_return_sequences + g``).
     ``eos_token_id`` pins the stop token (the GRPO rollout masks completions at the tokenizer's);
-    None keeps the model's generation config, or the tokenizer's when that has none.
+    None keeps the model's generation config, or the tokenizer's when that has none. A
+    vision-language model never writes its image or video placeholders (``placeholder_token_ids``).
     """
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -266,6 +284,9 @@ def generate(
         "use_cache": True,
         "num_return_sequences": num_return_sequences,
     }
+    suppressed = placeholder_token_ids(model)
+    if suppressed:
+        kwargs["suppress_tokens"] = suppressed
     if eos_token_id is not None:
         kwargs["eos_token_id"] = eos_token_id
     elif model.generation_config.eos_token_id is None:

@@ -39,7 +39,7 @@ from dlgpr.data.geo import GeoSample
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
 from dlgpr.dialogue.types import ProcessorConsumer, ReportsStats
 from dlgpr.losses import group_advantages, grpo_loss
-from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, geo_messages, message_images
+from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, geo_messages, message_images, placeholder_token_ids
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
 from dlgpr.rewards import WeightedReward, check_failure_order, combine_rewards
@@ -316,7 +316,8 @@ class GRPOModule(QuestionerModule):
         return roll._replace(old_logp=old, ref_logp=ref)
 
     def completion_logp(self, model: torch.nn.Module, roll: Rollout) -> Tensor:
-        """``[N, T]`` log-probabilities of the sampled tokens (logits divided by the sampling temperature)."""
+        """``[N, T]`` log-probabilities of the sampled tokens (logits divided by the sampling temperature;
+        a VLM's image/video placeholders masked out, as ``generate`` suppresses them)."""
         ids = torch.cat([roll.prompt_ids, roll.completion_ids], dim=1)  # [N, L + T]
         mask = torch.cat([roll.prompt_mask, roll.completion_mask], dim=1)  # [N, L + T]
         t = roll.completion_ids.shape[1]
@@ -326,6 +327,9 @@ class GRPOModule(QuestionerModule):
             vision["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(roll.completion_ids, dtype=types.dtype)], dim=1)  # [N, L + T]
         out = model(input_ids=ids, attention_mask=mask, **vision, use_cache=False, logits_to_keep=t + 1)
         logits = out.logits[:, -(t + 1) : -1].float() / self.grpo.temperature  # [N, T, V]
+        suppressed = placeholder_token_ids(model)
+        if suppressed:
+            logits[:, :, suppressed] = -torch.inf
         return torch.log_softmax(logits, dim=-1).gather(2, roll.completion_ids[:, :, None]).squeeze(2)  # [N, T]
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from dlgpr.data.reader import iter_records
 from dlgpr.data.schema import make_key
 from dlgpr.data.shards import read_manifest
 from dlgpr.data.turns import DialogueTurnRecord, write_dialogue_manifest, write_turn_shards
-from dlgpr.models.prompting import PromptConfig
+from dlgpr.models.prompting import PromptConfig, placeholder_token_ids
 from dlgpr.models.questioner import (
     POLICY_FILE,
     LoRAConfig,
@@ -323,8 +323,10 @@ def assert_matches_generation(module: GRPOModule, examples: list[TurnExample], r
     force = Force()
     module.model.eval()
     with torch.no_grad():
+        # a VLM samples with its image/video placeholders suppressed: the replay records the same distribution
         module.model.generate(**enc, max_new_tokens=t, do_sample=False, logits_processor=LogitsProcessorList([force]),
-                              pad_token_id=module.tokenizer.pad_token_id, eos_token_id=module.tokenizer.eos_token_id, use_cache=True)
+                              pad_token_id=module.tokenizer.pad_token_id, eos_token_id=module.tokenizer.eos_token_id, use_cache=True,
+                              suppress_tokens=placeholder_token_ids(module.model) or None)
         logp = module.completion_logp(module.model, roll)
     n = len(force.logits)  # generate stops once every row has its end-of-turn token
     assert not roll.completion_mask[:, n:].any()
@@ -333,6 +335,37 @@ def assert_matches_generation(module: GRPOModule, examples: list[TurnExample], r
     logp = logp[:, :n]
     keep = roll.completion_mask[:, :n].bool()
     assert torch.allclose(logp[keep], ref[keep], atol=1e-4), (logp - ref)[keep].abs().max()
+
+
+def test_vlm_rollout_never_writes_image_placeholders(corpus: dict[str, Path], vlm_policy: Path, tmp_path: Path) -> None:
+    """A policy whose head prefers ``<|image_pad|>`` (a random 7B's sampler meets such tokens): the
+    rollout suppresses the placeholders, so the log-prob passes run (fed back, each one asked for
+    vision features that do not exist and the forward failed), are finite, and give the placeholders
+    no probability."""
+    grpo = GRPOModule(PolicyConfig(model=str(vlm_policy)), rewards=length_and_format(), grpo=GRPOConfig(group_size=2, max_new_tokens=6),
+                      lora=LORA, lr=1e-3, optim=NO_WARMUP, prompt=PROMPT, export_dir=str(tmp_path / "grpo"))
+    placeholders = placeholder_token_ids(grpo.model)
+    image, video = grpo.processor.image_token_id, grpo.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert {image, video} <= set(placeholders)
+    old_head = grpo.model.get_output_embeddings()
+    head = torch.nn.Linear(old_head.in_features, old_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[[image, video]] = 30.0  # unsuppressed, every sampled token is a placeholder
+    grpo.model.set_output_embeddings(head)
+    examples = prompts(grpo, corpus)[:2]
+    torch.manual_seed(0)
+    roll = grpo.rollout(examples)
+    assert roll.ref_logp is not None
+    written = roll.completion_ids[roll.completion_mask.bool()]
+    assert written.numel() > 0 and not torch.isin(written, torch.tensor(placeholders)).any()
+    logp = grpo.completion_logp(grpo.model, roll)
+    keep = roll.completion_mask.bool()
+    assert torch.isfinite(logp[keep]).all() and torch.isfinite(roll.ref_logp[keep]).all()
+    # the other tokens share the probability uniformly (zero weights): log(1 / (V - placeholders))
+    expected = -math.log(old_head.out_features - len(placeholders))
+    assert torch.allclose(logp[keep], torch.full_like(logp[keep], expected), atol=1e-5)
 
 
 def test_grpo_without_lora_keeps_a_frozen_reference(corpus: dict[str, Path], text_policy: Path, tmp_path: Path) -> None:
