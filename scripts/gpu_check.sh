@@ -5,7 +5,7 @@
 #                                        #   carry=[".whl"], timeout_s=600)
 #
 # Before: `bash scripts/gpu_check_wheels.sh` here fetches the wheels the GPU machine lacks into the
-# git-ignored .whl/ (3.1 MiB; 20.6 MiB with the tracked tree, under the 64 MiB limit), which the tool carries (carry: .whl). Installs them into /tmp/site,
+# git-ignored .whl/ (4.3 MiB; 23.3 MiB with the tracked tree, under the 64 MiB limit), which the tool carries (carry: .whl). Installs them into /tmp/site,
 # then runs scripts/gpu_check.py (paper scale, bf16) under a hard 540 s limit; results in $OUT
 # (gpu_check.json, gpu_check.md; ./gpu_check_out without $OUT), written after every part.
 # Extra arguments go to gpu_check.py (e.g. --parts policy_sft policy_grpo).
