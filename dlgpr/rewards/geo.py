@@ -44,6 +44,7 @@ from dlgpr.geo.answer import GeoAnswer, parse_answer
 from dlgpr.geo.gazetteer import Gazetteer, load_gazetteer
 from dlgpr.geo.metrics import normalize_name
 from dlgpr.models.reply_format import EMPTY_QUESTION, MALFORMED
+from dlgpr.pipeline.grounding import GroundingConfig
 from dlgpr.rewards.base import FAILURE_KINDS, RewardProfile
 
 __all__ = [
@@ -232,13 +233,25 @@ class VisualGroundingReward(_GlobeReward):
     The image's regions are, with ``regions: record``, the exact region phrases of the SynthCities
     record (``sample.record.regions``); with ``regions: batch``, the phrases in the batch field
     ``regions`` (one list per completion: what a detector or tagger found in each image,
-    computed once per image before training).
+    computed once per image, for a caller that passes them; ``GRPOModule`` does not). With
+    ``regions: detector`` (real photos, what the GRPO module can run) the image itself is asked:
+    each entity is a text prompt of an open-vocabulary detector (YOLO-World, as the
+    distillation's grounding check on real photos, ``DetectorPhraseVerifier``) and is in the
+    image when its best box scores at least ``min_score``; the detector runs once per image and
+    step on the union of the entities of the image's replies. No sentence encoder is used then,
+    and only ``mode: precision`` is defined (a prompted detector lists no regions of its own).
+    An image the detector cannot read scores 0 and is counted (``image_failures``).
 
     Args:
         mode: ``precision`` (the paper: share of the reasoning's entities found in the image; a
             reasoning naming nothing gives 0) or ``recall`` (GLOBE's code: share of the image's
             regions the reasoning names).
-        regions: ``record`` or ``batch`` (above).
+        regions: ``record``, ``batch`` or ``detector`` (above).
+        detector: the detector of ``regions: detector`` (a
+            :class:`~dlgpr.pipeline.grounding.GroundingConfig`; None: its default, whose weights
+            must be available locally); built on first use.
+        min_score: the detector score from which an entity is in the image (ultralytics' default
+            reporting confidence, 0.25, as the distillation's check).
         min_similarity: cosine from which an entity and a region phrase name the same thing.
             0.85, measured with all-MiniLM-L6-v2 on the geo world's reasoning entities against
             their image's region phrases: it agrees with the exact region rule of the
@@ -254,28 +267,37 @@ class VisualGroundingReward(_GlobeReward):
 
     def __init__(self, mode: str = "precision", regions: str = "record", min_similarity: float = 0.85,
                  sentence_model: str = "auto", spacy_model: str = "auto", gazetteer: str = "world",
-                 world: str | None = "data/synthcities-geo", failure_value: float = 0.0) -> None:
+                 world: str | None = "data/synthcities-geo", failure_value: float = 0.0,
+                 detector: GroundingConfig | None = None, min_score: float = 0.25) -> None:
         super().__init__(failure_value)
         if mode not in ("precision", "recall"):
             raise ValueError(f"mode must be 'precision' or 'recall', got {mode!r}")
-        if regions not in ("record", "batch"):
-            raise ValueError(f"regions must be 'record' or 'batch', got {regions!r}")
+        if regions not in ("record", "batch", "detector"):
+            raise ValueError(f"regions must be 'record', 'batch' or 'detector', got {regions!r}")
+        if regions == "detector" and mode != "precision":
+            raise ValueError("regions='detector' gives no region list of the image, so only mode='precision' is defined")
         if not -1.0 <= min_similarity <= 1.0:
             raise ValueError(f"min_similarity must be a cosine in [-1, 1], got {min_similarity}")
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         self.mode, self.regions, self.min_similarity = mode, regions, float(min_similarity)
         self.sentence_model, self.spacy_model = sentence_model, spacy_model
         self.gazetteer_kind, self.world = gazetteer, world
+        self.detector, self.min_score = detector, float(min_score)
+        self._verifier: Any = None
         self._embedder: Any = None
         self._extractor: Callable[[Sequence[str]], list[list[str]]] | None = None
         self._place_names: frozenset[str] | None = None
 
     @classmethod
     def from_parts(cls, embedder: Any, extractor: Callable[[Sequence[str]], list[list[str]]],
-                   place_names: Sequence[str] = (), **kwargs: Any) -> "VisualGroundingReward":
+                   place_names: Sequence[str] = (), verifier: Any = None, **kwargs: Any) -> "VisualGroundingReward":
         """A reward over a given sentence embedder (``embed(texts) -> [N, D]`` unit rows), phrase
-        extractor (``texts -> phrases per text``) and place names (tests, benchmarks)."""
+        extractor (``texts -> phrases per text``), place names and, for ``regions='detector'``, a
+        phrase verifier (``present_many(samples, phrases_per_sample)``, as
+        :class:`~dlgpr.pipeline.geo_validation.DetectorPhraseVerifier`) (tests, benchmarks)."""
         self = cls(gazetteer="none", world=None, **kwargs)
-        self._embedder, self._extractor = embedder, extractor
+        self._embedder, self._extractor, self._verifier = embedder, extractor, verifier
         self._place_names = frozenset(normalize_name(p) for p in place_names if p)
         return self
 
@@ -316,13 +338,54 @@ class VisualGroundingReward(_GlobeReward):
             out[i] = reasoning_entities(ps, known | {normalize_name(n) for n in place_names[i] if n})
         return out
 
+    def verifier(self) -> Any:
+        """The detector-backed phrase verifier of ``regions: detector`` (built on first use)."""
+        if self._verifier is None:
+            from dlgpr.pipeline.geo_validation import DetectorPhraseVerifier
+
+            self._verifier = DetectorPhraseVerifier(self.detector, min_score=self.min_score)
+        return self._verifier
+
+    def _detected(self, samples: Sequence[GeoSample], ok: Sequence[int], ents: Sequence[list[str]],
+                  values: list[float], stats: Counter) -> None:
+        """``regions: detector``: the share of each reply's entities the detector finds in its image."""
+        wanted: dict[str, list[str]] = {}  # sample key -> the union of its replies' entities, in order
+        first: dict[str, GeoSample] = {}
+        for i, es in zip(ok, ents):
+            first.setdefault(samples[i].key, samples[i])
+            wanted.setdefault(samples[i].key, [])
+            wanted[samples[i].key] += [e for e in es if e not in wanted[samples[i].key]]
+        keys = [k for k, es in wanted.items() if es]
+        found = self.verifier().present_many([first[k] for k in keys], [wanted[k] for k in keys]) if keys else []
+        present = {k: (dict(zip(wanted[k], f)) if f is not None else None) for k, f in zip(keys, found)}
+        stats.update({"no_entities": 0, "entities": 0, "grounded_entities": 0, "image_failures": 0})
+        for i, es in zip(ok, ents):
+            stats["no_entities"] += int(not es)
+            stats["entities"] += len(es)
+            if not es:
+                values[i] = 0.0
+                continue
+            hits = present[samples[i].key]
+            if hits is None:  # unreadable image
+                stats["image_failures"] += 1
+                values[i] = 0.0
+                continue
+            grounded = sum(hits[e] for e in es)
+            stats["grounded_entities"] += grounded
+            values[i] = grounded / len(es)
+
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], **batch: Any) -> list[float]:
         samples = _samples(batch, len(completions), "VisualGroundingReward")
         answers, failures, stats = self._parse(completions)
         ok = [i for i, f in enumerate(failures) if f is None]
-        embedder, _, _ = self._tools()
         ents = self.entities([answers[i].reasoning for i in ok],
                              [(answers[i].city, answers[i].country, samples[i].city, samples[i].country) for i in ok])
+        if self.regions == "detector":
+            values = [self.failure_value] * len(completions)
+            self._detected(samples, ok, ents, values, stats)
+            self.last_stats = stats
+            return values
+        embedder, _, _ = self._tools()
         regions = [self._image_regions(samples[i], i, batch) for i in ok]
         texts = list(dict.fromkeys([e for es in ents for e in es] + [r for rs in regions for r in rs]))
         vectors = embedder.embed(texts) if texts else torch.zeros(0, 1)  # [U, D]

@@ -1,5 +1,7 @@
 """GLOBE's rewards, by hand: format, R_geo, R_vis, R_loc, their weighted sum and its failure order."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -141,6 +143,73 @@ def test_visual_grounding_reward_by_hand():
     assert detected(None, completions[:1], sample=[sample()], regions=[["a bench", "the black door"]]) == [0.0]
     with pytest.raises(ValueError, match="record"):
         r(None, completions[:1], sample=[sample()])
+
+
+class FakeDetector:
+    """A phrase verifier whose images hold fixed phrases (None: an unreadable image); records its calls."""
+
+    def __init__(self, in_image: dict[str, set[str] | None]) -> None:
+        self.in_image, self.calls = in_image, []
+
+    def present_many(self, samples, phrases_per_sample):
+        self.calls.append([(s.key, list(ps)) for s, ps in zip(samples, phrases_per_sample)])
+        return [None if self.in_image[s.key] is None else [p in self.in_image[s.key] for p in ps]
+                for s, ps in zip(samples, phrases_per_sample)]
+
+
+def test_visual_grounding_asks_a_detector_once_per_image():
+    """``regions: detector`` (real photos): each reply's entities are prompts of the detector on its
+    own image; the share found is the reward; one detector call per step, each image once with the
+    union of its replies' entities; an unreadable image scores 0 and is counted."""
+    det = FakeDetector({"a": {"a red awning", "a bench"}, "b": {"a green door"}, "bad": None})
+    r = VisualGroundingReward.from_parts(None, sentence_phrases, place_names=["Borgo"], regions="detector", verifier=det)
+    a, b, bad = sample(key="a"), sample(key="b"), sample(key="bad")
+    completions = [
+        reply("Borgo", "Valdoria", "a red awning; a green door"),  # image a: 1 of 2
+        reply("Borgo", "Valdoria", "a bench; a red awning"),  # image a: 2 of 2
+        reply("Borgo", "Valdoria", "a red awning; a green door; a bench"),  # image b: 1 of 3
+        reply("Borgo", "Valdoria", "Borgo"),  # image b: no entity gives 0
+        reply("Borgo", "Valdoria", "a bench"),  # unreadable image: 0
+        MALFORMED[0],  # image b: failure value
+    ]
+    values = r(None, completions, sample=[a, a, b, b, bad, b])
+    assert values == pytest.approx([0.5, 1.0, 1 / 3, 0.0, 0.0, 0.0])
+    assert det.calls == [[("a", ["a red awning", "a green door", "a bench"]),
+                          ("b", ["a red awning", "a green door", "a bench"]), ("bad", ["a bench"])]]
+    st = r.last_stats
+    assert (st["entities"], st["grounded_entities"], st["no_entities"], st["image_failures"], st["malformed"]) == (8, 4, 1, 1, 1)
+    # a reply naming only a place asks the detector nothing
+    det.calls.clear()
+    assert r(None, [reply("Borgo", "Valdoria", "Borgo")], sample=[a]) == [0.0] and det.calls == []
+
+
+def test_visual_grounding_detector_mode_builds_the_distillation_verifier():
+    from dlgpr.pipeline.geo_validation import DetectorPhraseVerifier
+    from dlgpr.pipeline.grounding import GroundingConfig
+
+    r = VisualGroundingReward(regions="detector", detector=GroundingConfig(clip_pretrained=None, conf=0.1), min_score=0.3,
+                              gazetteer="none", world=None)
+    v = r.verifier()
+    assert isinstance(v, DetectorPhraseVerifier) and v.min_score == 0.3 and v._config.conf == 0.1
+    with pytest.raises(ValueError, match="only mode='precision'"):
+        VisualGroundingReward(regions="detector", mode="recall", gazetteer="none", world=None)
+    with pytest.raises(ValueError, match="'record', 'batch' or 'detector'"):
+        VisualGroundingReward(regions="tags", gazetteer="none", world=None)
+
+
+def test_paper_scale_globe_config_grounds_entities_with_the_detector():
+    """configs/globe_grpo_qwen25vl7b.yaml's R_vis asks YOLO-World (nothing in GRPOModule fills ``regions: batch``)."""
+    import yaml
+
+    from dlgpr.pipeline.grounding import GroundingConfig
+
+    root = Path(__file__).resolve().parents[2]
+    rewards = yaml.safe_load((root / "configs" / "globe_grpo_qwen25vl7b.yaml").read_text())["model"]["init_args"]["rewards"]
+    (visual,) = [r["fn"] for r in rewards if r["fn"]["class_path"] == "dlgpr.rewards.VisualGroundingReward"]
+    args = dict(visual["init_args"], detector=GroundingConfig(**visual["init_args"]["detector"]))
+    r = VisualGroundingReward(**args)
+    assert r.regions == "detector" and r.mode == "precision"
+    assert r.detector.model == "yolov8x-worldv2.yaml" and r.detector.conf <= r.min_score
 
 
 def test_visual_grounding_with_spacy_and_minilm():
