@@ -34,7 +34,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from dlgpr.data.geo import GeoReadStats, GeoSample, parse_dataset_spec, read_geo_dataset
 from dlgpr.geo.evaluation import GeoEvaluation, accuracy_figure, comparison_table, evaluate_predictions, paired_comparison, results_table
 from dlgpr.geo.gazetteer import GAZETTEER_KINDS, Gazetteer, load_gazetteer
-from dlgpr.geo.predict import GeoPrediction, GeoPredictor
+from dlgpr.geo.predict import GeoPrediction, GeoPredictor, read_predictions
 from dlgpr.pipeline.text import StageAborted
 
 log = logging.getLogger("evaluate_geo")
@@ -80,26 +80,6 @@ def dataset_gazetteer(kind: str, world: Path | None) -> Gazetteer | None:
 
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "method"
-
-
-def read_predictions(path: Path) -> dict[str, GeoPrediction]:
-    """Saved predictions by key (the last line of a key wins; a torn or bad line is skipped)."""
-    out: dict[str, GeoPrediction] = {}
-    if not path.is_file():
-        return out
-    bad = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            p = GeoPrediction.from_dict(json.loads(line))
-        except (ValueError, TypeError):  # a line cut by a killed run
-            bad += 1
-            continue
-        out[p.key] = p
-    if bad:
-        log.warning("%s: %d unreadable line(s) skipped (their samples are predicted again)", path, bad)
-    return out
 
 
 def check_method_config(path: Path, config: dict[str, Any]) -> None:

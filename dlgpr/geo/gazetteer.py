@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -305,6 +305,18 @@ class TableGazetteer:
             score = np.where(near, np.log1p(self.cities.population)[None, :] * 1e6 - dist, -np.inf)
             rows.append(np.argmax(score, axis=1))
         return (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)), lat_arr, lon_arr
+
+    def nearest_cities(self, lat: float, lon: float, k: int) -> list[GeoMatch]:
+        """The ``k`` cities of the table nearest to ``(lat, lon)`` by great-circle distance, nearest
+        first (``distance_km`` set; ties by table order)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = to_unit_vectors(np.array([lat], dtype=np.float64), np.array([lon], dtype=np.float64))
+        if not np.isfinite(q).all():
+            raise ValueError("nearest_cities: lat/lon must be finite")
+        dist = np.arccos(np.clip(q @ self._unit.T, -1.0, 1.0))[0] * EARTH_RADIUS_KM  # [cities]
+        rows = np.argsort(dist, kind="stable")[:k]
+        return [replace(self._city_match(int(i)), distance_km=float(dist[i])) for i in rows]
 
     def names_of(self, city_row: int) -> list[str]:
         return [self.cities.name[city_row], *self._names[city_row]]

@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from dlgpr.data.geo import GeoSample
@@ -110,20 +111,41 @@ class HybridGeoPredictor:
         gazetteer: geocodes the policy's city (``world``, ``geonames`` or a gazetteer).
         world: the geo world of a ``world`` gazetteer.
         radius_km: a reference image belongs to the city when it lies this close to its centre.
+        nearest_cities: how many cities the gallery is cut to: the named city and the
+            ``nearest_cities - 1`` cities of the gazetteer nearest to it (1: the named city alone).
+            More cities forgive a policy that names a neighbour of the right city, at the price of
+            a larger gallery to retrieve from.
         name: the method's row label.
     """
 
     def __init__(self, policy: GeoPredictor, geolocator: RetrievalGeolocator, gazetteer: str | Gazetteer = "world",
-                 world: str | None = "data/synthcities-geo", radius_km: float = 25.0, name: str = "hybrid") -> None:
+                 world: str | None = "data/synthcities-geo", radius_km: float = 25.0, nearest_cities: int = 1,
+                 name: str = "hybrid") -> None:
         if not radius_km > 0:
             raise ValueError(f"radius_km must be > 0, got {radius_km}")
+        if nearest_cities < 1:
+            raise ValueError(f"nearest_cities must be >= 1, got {nearest_cities}")
         self.policy, self.geolocator, self.radius_km, self.name = policy, geolocator, float(radius_km), name
+        self.nearest_cities = int(nearest_cities)
         self._gazetteer_spec, self._world = gazetteer, world
         self._gazetteer: Gazetteer | None = None
         self.stats: Counter = Counter()
 
     def __repr__(self) -> str:
-        return f"HybridGeoPredictor(policy={self.policy!r}, geolocator={self.geolocator!r}, radius_km={self.radius_km}, name={self.name!r})"
+        return (f"HybridGeoPredictor(policy={self.policy!r}, geolocator={self.geolocator!r}, radius_km={self.radius_km}, "
+                f"nearest_cities={self.nearest_cities}, name={self.name!r})")
+
+    def _centres(self, match: Any) -> list[tuple[float, float]]:
+        """The named city's centre, then those of its nearest neighbours in the gazetteer."""
+        centres = [(match.lat, match.lon)]
+        if self.nearest_cities > 1:
+            nearest = getattr(self._gazetteer, "nearest_cities", None)
+            if nearest is None:
+                raise TypeError(f"nearest_cities={self.nearest_cities} needs a gazetteer with nearest_cities(lat, lon, k)")
+            others = [(m.lat, m.lon) for m in nearest(match.lat, match.lon, self.nearest_cities + 1)
+                      if (m.lat, m.lon) != (match.lat, match.lon)]
+            centres += others[: self.nearest_cities - 1]
+        return centres
 
     def predict(self, samples: Sequence[GeoSample]) -> list[GeoPrediction]:
         samples = list(samples)
@@ -143,7 +165,8 @@ class HybridGeoPredictor:
                     self.stats["no_city"] += 1
                     fallback.append(s)
                     continue
-                inside = torch.as_tensor(haversine_km(ref.lat, ref.lon, match.lat, match.lon) <= self.radius_km, device=sims.device)  # [N]
+                near = [haversine_km(ref.lat, ref.lon, lat, lon) <= self.radius_km for lat, lon in self._centres(match)]
+                inside = torch.as_tensor(np.logical_or.reduce(near), device=sims.device)  # [N]
                 row_sims = sims[b].masked_fill(~inside, -math.inf)
                 if geo.exclude_same_place and s.place_id is not None:
                     row_sims = row_sims.masked_fill(ref.place_ids == int(s.place_id), -math.inf)

@@ -11,14 +11,20 @@ gazetteer where a predictor gave none, so every method is scored by the same dis
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from dlgpr.data.geo import GeoSample
 from dlgpr.geo.gazetteer import Gazetteer, GeoMatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,56 @@ class GeoPredictor(Protocol):
     name: str
 
     def predict(self, samples: Sequence[GeoSample]) -> list[GeoPrediction]: ...
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, GeoPrediction]:
+    """Predictions saved one JSON object a line (``scripts/evaluate_geo.py``'s files), by key; the
+    last line of a key wins; a torn or bad line is skipped and counted in a warning."""
+    path = Path(path)
+    out: dict[str, GeoPrediction] = {}
+    if not path.is_file():
+        return out
+    bad = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            p = GeoPrediction.from_dict(json.loads(line))
+        except (ValueError, TypeError):  # a line cut by a killed run
+            bad += 1
+            continue
+        out[p.key] = p
+    if bad:
+        log.warning("%s: %d unreadable line(s) skipped", path, bad)
+    return out
+
+
+class StoredGeoPredictor:
+    """Predictions another run already made, read back (``class_path: dlgpr.geo.predict.StoredGeoPredictor``).
+
+    For example the policy's answers that ``scripts/evaluate_geo.py`` stored under
+    ``<out_dir>/predictions/<dataset>/<method>.jsonl``, as the city source of a
+    :class:`~dlgpr.geo.policy.HybridGeoPredictor`, so hybrid variants do not generate again. The
+    file is read at the first ``predict`` (an earlier method of the same evaluation may write it)
+    and again whenever a key is missing. A sample it does not hold is asked of ``fallback``, or
+    fails with ``not_stored``.
+    """
+
+    def __init__(self, path: str, name: str = "stored", fallback: GeoPredictor | None = None) -> None:
+        self.path, self.name, self.fallback = Path(path), name, fallback
+        self._saved: dict[str, GeoPrediction] | None = None
+
+    def __repr__(self) -> str:
+        return f"StoredGeoPredictor(path={str(self.path)!r}, name={self.name!r}, fallback={self.fallback!r})"
+
+    def predict(self, samples: Sequence[GeoSample]) -> list[GeoPrediction]:
+        if self._saved is None or any(s.key not in self._saved for s in samples):
+            self._saved = read_predictions(self.path)
+        missing = [s for s in samples if s.key not in self._saved]
+        if missing and self.fallback is None and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no stored predictions (run the method that writes them first)")
+        asked = {p.key: p for p in self.fallback.predict(missing)} if missing and self.fallback is not None else {}
+        return [self._saved.get(s.key) or asked.get(s.key) or GeoPrediction.failed(s.key, "not_stored") for s in samples]
 
 
 def prediction_coordinates(predictions: Sequence[GeoPrediction], gazetteer: Gazetteer | None

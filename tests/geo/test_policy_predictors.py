@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
+import pytest
 import torch
 
 from dlgpr.data.geo import GeoSample
@@ -106,8 +108,68 @@ def test_ablation_eval_config_parses_and_instantiates(tmp_path, monkeypatch) -> 
     cfg = parser.parse_args(["--config", str(root / "configs" / "eval" / "geo_globe_ablation.yaml")])
     methods = parser.instantiate_classes(cfg).methods  # nothing is loaded until the first prediction
     names = [m.name for m in methods]
-    assert len(set(names)) == len(names) == 7
+    assert len(set(names)) == len(names) == 8
     assert [type(m).__name__ for m in methods].count("PolicyGeoPredictor") == 5
-    hybrid = methods[-1]
+    hybrid, wide = methods[-2:]
     assert isinstance(hybrid, HybridGeoPredictor) and isinstance(hybrid.policy, PolicyGeoPredictor)
     assert hybrid.policy.policy == "lightning_logs/globe/grpo_full/policy"
+    # the wider hybrid reads GRPO full's stored answers (where evaluate_geo writes that row's file)
+    from dlgpr.geo.predict import StoredGeoPredictor
+
+    assert isinstance(wide, HybridGeoPredictor) and wide.nearest_cities == 3 and isinstance(wide.policy, StoredGeoPredictor)
+    grpo_full = next(m for m in methods if m.name == "GRPO full")
+    assert wide.policy.path.name == evaluate_geo.slug(grpo_full.name) + ".jsonl"
+    assert isinstance(wide.policy.fallback, PolicyGeoPredictor) and wide.policy.fallback.policy == grpo_full.policy
+
+
+def test_hybrid_with_the_nearest_cities_widens_the_gallery_to_the_neighbours() -> None:
+    # a red query, the policy says Aurelia: alone, Aurelia's orange image answers; with the nearest
+    # other city (Borgo, 111 km) in the gallery too, Borgo's red image does
+    q = colour_sample("q", 0.0, 0.0, RED, place_id=9)
+    geo = RetrievalGeolocator.from_module(ColourEncoder(), gallery(), gazetteer=WORLD, k=3, temperature=1.0)
+    one = HybridGeoPredictor(Names({"q": "Aurelia"}), geo, gazetteer=WORLD, radius_km=25.0, nearest_cities=1)
+    two = HybridGeoPredictor(Names({"q": "Aurelia"}), geo, gazetteer=WORLD, radius_km=25.0, nearest_cities=2)
+    assert one.predict([q])[0].extra["top_key"] == "aur-orange"
+    [p] = two.predict([q])
+    assert p.extra["top_key"] == "bor-red" and (p.lat, p.lon) == (1.0, 0.0)
+    assert two.stats["narrowed"] == 1
+
+
+def test_gazetteer_nearest_cities_by_great_circle() -> None:
+    from dlgpr.geo.distance import haversine_km
+
+    g = WorldGazetteer.from_manifest({"cities": [{"name": "A", "lat": 0.0, "lon": 0.0}, {"name": "B", "lat": 0.0, "lon": 3.0},
+                                                 {"name": "C", "lat": 2.0, "lon": 0.0}]})
+    near = g.nearest_cities(0.1, 0.0, 2)
+    assert [m.city for m in near] == ["A", "C"]
+    assert near[1].distance_km == pytest.approx(float(haversine_km(0.1, 0.0, 2.0, 0.0)))
+    assert [m.city for m in g.nearest_cities(0.0, 2.9, 10)] == ["B", "A", "C"]  # k beyond the table: all of it
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        g.nearest_cities(0.0, 0.0, 0)
+
+
+def test_stored_predictions_are_read_back_and_only_the_missing_asked(tmp_path: Path) -> None:
+    from dlgpr.geo.predict import StoredGeoPredictor
+
+    path = tmp_path / "grpo-full.jsonl"
+    path.write_text(json.dumps(GeoPrediction(key="a", city="Aurelia", country="Valdoria").to_dict()) + "\n"
+                    + json.dumps(GeoPrediction.failed("b", "no_answer_tag").to_dict()) + "\n" + '{"key": "c", "ok": tr\n')
+    asked: list[str] = []
+
+    class Fallback(Names):
+        def predict(self, samples):
+            asked.extend(s.key for s in samples)
+            return super().predict(samples)
+
+    samples = [colour_sample(k, 0.0, 0.0, RED) for k in ("a", "b", "c")]
+    out = StoredGeoPredictor(str(path), fallback=Fallback({"c": "Borgo"})).predict(samples)
+    assert [(p.key, p.ok, p.city) for p in out] == [("a", True, "Aurelia"), ("b", False, ""), ("c", True, "Borgo")]
+    assert asked == ["c"]  # the torn line's sample only
+    alone = StoredGeoPredictor(str(path)).predict(samples)
+    assert alone[2].error == "not_stored"
+    with pytest.raises(FileNotFoundError, match="no stored predictions"):
+        StoredGeoPredictor(str(tmp_path / "none.jsonl")).predict(samples)
+    # as the hybrid's city source
+    geo = RetrievalGeolocator.from_module(ColourEncoder(), gallery(), gazetteer=WORLD, k=3, temperature=1.0)
+    [p] = HybridGeoPredictor(StoredGeoPredictor(str(path)), geo, gazetteer=WORLD).predict([colour_sample("a", 0.0, 0.0, RED, place_id=9)])
+    assert p.extra["top_key"] == "aur-orange"
