@@ -9,7 +9,9 @@ broadcasts the summary, so every rank logs the same numbers whatever the world s
 
 Logged: ``dialogue/round{t}/recall@{k}`` (cumulative, ChatIR-style), ``dialogue/bri``,
 ``dialogue/round{t}/prg``; a console table; a recall-versus-round figure and a few transcripts
-in TensorBoard; one JSON line per evaluation in ``<log_dir>/dialogue_val.jsonl``.
+in TensorBoard; one JSON line per evaluation in ``<log_dir>/dialogue_val.jsonl``, and the last
+evaluation's per-query ranks ``[Q, rounds + 1]`` in ``<log_dir>/dialogue_val_ranks.json`` (with
+query and place ids: what a paired test between two runs needs).
 """
 
 from __future__ import annotations
@@ -150,3 +152,10 @@ class DialogueEvalCallback(Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as fh:
                 fh.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **summary, "stats": full["stats"]}) + "\n")
+            # the last evaluation's per-query ranks, for paired tests between runs (same queries: same seed and split)
+            ranks = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                     "query_id": [q.query_id for q in result.queries], "place_id": [q.target.place_id for q in result.queries],
+                     "ranks": result.ranks.tolist()}
+            tmp = path.with_name("dialogue_val_ranks.json.tmp")
+            tmp.write_text(json.dumps(ranks))
+            tmp.replace(path.with_name("dialogue_val_ranks.json"))

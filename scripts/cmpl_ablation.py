@@ -79,6 +79,17 @@ def hits_at_1(folder: Path) -> dict[tuple[int, int], float]:
     return {(p, v): float(k <= 1) for p, v, k in zip(r["place_id"], r["view"], r["rank"])}
 
 
+def dialogue_hits(folder: Path, round_: int = 5) -> dict[tuple[int, int], float]:
+    """(query_id, place_id) -> 1.0 if the dialogue found the target at rank 1 by ``round_``
+    (cumulative, as the table's dialogue columns), from the run's ``dialogue_val_ranks.json``."""
+    from dlgpr.metrics import cumulative_recall
+
+    d = json.loads((folder / "dialogue_val_ranks.json").read_text())
+    ranks = torch.tensor(d["ranks"], dtype=torch.float64)  # [Q, T+1]
+    return {(q, p): float(cumulative_recall(ranks[i : i + 1], [1])[1][round_])
+            for i, (q, p) in enumerate(zip(d["query_id"], d["place_id"]))}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -145,7 +156,31 @@ def summarise(rows: list[str], seeds: list[int], logs: Path, seconds: dict[tuple
                 f"- over seeds (per-seed differences {', '.join(f'{pct(d):+.1f}' for d in per_seed)}): "
                 f"{pct(ms):+.1f}, 95 % t interval [{pct(los):+.1f}, {pct(his):+.1f}]",
             ]
+        lines += _dialogue_comparison(a, b, seeds, logs, resamples)
     return "\n".join(lines) + "\n"
+
+
+def _dialogue_comparison(a: str, b: str, seeds: list[int], logs: Path, resamples: int) -> list[str]:
+    """Paired difference A minus B of the dialogue's cumulative R@1 at round 5: over the dialogue's
+    queries where every run kept its per-query ranks, and over seeds from the runs' summaries."""
+    pct = lambda v: 100 * v  # noqa: E731
+    last = {(row, s): _last(run_dir(logs, row, s) / "dialogue_val.jsonl") for row in (a, b) for s in seeds}
+    both = [s for s in seeds if last[(a, s)] and last[(b, s)]]
+    if not both:
+        return []
+    out = ["", f"Paired difference {a} minus {b}, dialogue cumulative R@1 at round 5 in points:"]
+    if all((run_dir(logs, row, s) / "dialogue_val_ranks.json").is_file() for row in (a, b) for s in both):
+        m, lo, hi, q = paired_query_interval([dialogue_hits(run_dir(logs, a, s)) for s in both],
+                                             [dialogue_hits(run_dir(logs, b, s)) for s in both], resamples)
+        out.append(f"- over {q} dialogue queries (hit averaged over {len(both)} seeds, {resamples} bootstrap resamples): "
+                   f"{pct(m):+.1f}, 95 % interval [{pct(lo):+.1f}, {pct(hi):+.1f}]")
+    else:
+        out.append("- over queries: not computed (runs without dialogue_val_ranks.json, written by the dialogue callback since 2026-11-30)")
+    per_seed = [last[(a, s)]["round5/recall@1"] - last[(b, s)]["round5/recall@1"] for s in both]
+    ms, los, his = paired_seed_interval(per_seed)
+    out.append(f"- over seeds (per-seed differences {', '.join(f'{pct(d):+.1f}' for d in per_seed)}): "
+               f"{pct(ms):+.1f}, 95 % t interval [{pct(los):+.1f}, {pct(his):+.1f}]")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -198,6 +198,14 @@ def test_fit_changes_parameters_saves_and_resumes(monkeypatch, tmp_path):
     dialogue = json.loads((log_dir / "dialogue_val.jsonl").read_text().splitlines()[-1])
     cumulative = [dialogue[f"round{t}/recall@1"] for t in range(6)]
     assert cumulative == sorted(cumulative) and dialogue["bri"] >= 0.0  # cumulative recall never drops
+    # the per-query ranks of that evaluation give back its numbers (what paired tests between runs use)
+    from dlgpr.metrics import bri, cumulative_recall
+
+    per_query = json.loads((log_dir / "dialogue_val_ranks.json").read_text())
+    ranks = torch.tensor(per_query["ranks"], dtype=torch.float64)
+    assert ranks.shape == (len(per_query["query_id"]), 6) == (len(per_query["place_id"]), 6)
+    assert cumulative_recall(ranks, [1])[1].tolist() == pytest.approx(cumulative)
+    assert bri(ranks) == pytest.approx(dialogue["bri"])
 
     # resume: the step counter and the weights continue from the checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)

@@ -47,3 +47,28 @@ def test_summary_reads_runs_and_compares(tmp_path):
     assert "| full (+ L_vpr) | 50.0 +- 0.0 | 90.0 +- 0.0 |" in md
     assert "| baseline: long text, L_gs (Long-CLIP-style) | 25.0 +- 0.0 |" in md
     assert "over 4 queries" in md and "+25.0" in md
+
+
+def test_dialogue_comparison_pairs_the_dialogue_queries(tmp_path):
+    """Round-5 cumulative hits from the per-query ranks: a target at rank 1 in any round up to 5 counts."""
+    logs = tmp_path / "logs"
+    # 4 queries x 6 rounds; full: q0 found at round 0, q1 at round 2 then lost (still a cumulative hit)
+    ranks = {"full": [[1, 1, 1, 1, 1, 1], [9, 4, 1, 3, 3, 3], [9, 9, 9, 9, 9, 2], [5, 5, 5, 5, 5, 5]],
+             "baseline": [[1, 1, 1, 1, 1, 1], [9, 9, 9, 9, 9, 9], [9, 9, 9, 9, 9, 9], [5, 5, 5, 5, 5, 5]]}
+    round5 = {"full": 0.5, "baseline": 0.25}
+    for row in ("full", "baseline"):
+        for seed, shift in ((0, 0.0), (1, 0.1)):
+            d = logs / row / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "dialogue_val.jsonl").write_text(json.dumps({"round0/recall@1": 0.1, "round5/recall@1": round5[row] + shift}) + "\n")
+            (d / "dialogue_val_ranks.json").write_text(json.dumps({"query_id": [0, 1, 2, 3], "place_id": [10, 11, 12, 13], "ranks": ranks[row]}))
+    assert ablation.dialogue_hits(logs / "full" / "seed0") == {(0, 10): 1.0, (1, 11): 1.0, (2, 12): 0.0, (3, 13): 0.0}
+    assert ablation.dialogue_hits(logs / "full" / "seed0", round_=1) == {(0, 10): 1.0, (1, 11): 0.0, (2, 12): 0.0, (3, 13): 0.0}
+    lines = "\n".join(ablation._dialogue_comparison("full", "baseline", [0, 1], logs, resamples=300))
+    assert "over 4 dialogue queries" in lines and ": +25.0, 95 % interval" in lines
+    assert "per-seed differences +25.0, +25.0" in lines
+    # without the per-query files only the seed-level comparison is made, and the table says so
+    for f in logs.rglob("dialogue_val_ranks.json"):
+        f.unlink()
+    lines = "\n".join(ablation._dialogue_comparison("full", "baseline", [0, 1], logs, resamples=300))
+    assert "not computed" in lines and "per-seed differences +25.0, +25.0" in lines
