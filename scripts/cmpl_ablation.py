@@ -175,7 +175,7 @@ def _dialogue_comparison(a: str, b: str, seeds: list[int], logs: Path, resamples
         out.append(f"- over {q} dialogue queries (hit averaged over {len(both)} seeds, {resamples} bootstrap resamples): "
                    f"{pct(m):+.1f}, 95 % interval [{pct(lo):+.1f}, {pct(hi):+.1f}]")
     else:
-        out.append("- over queries: not computed (runs without dialogue_val_ranks.json, written by the dialogue callback since 2026-11-30)")
+        out.append("- over queries: not computed (runs made before the dialogue callback kept dialogue_val_ranks.json)")
     per_seed = [last[(a, s)]["round5/recall@1"] - last[(b, s)]["round5/recall@1"] for s in both]
     ms, los, his = paired_seed_interval(per_seed)
     out.append(f"- over seeds (per-seed differences {', '.join(f'{pct(d):+.1f}' for d in per_seed)}): "
