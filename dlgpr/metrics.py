@@ -15,7 +15,7 @@ from torch import Tensor
 
 __all__ = [
     "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
-    "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval", "auroc",
+    "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval", "auroc", "linear_probe",
 ]
 
 
@@ -203,3 +203,24 @@ def auroc(scores: Tensor, labels: Tensor) -> float:
     rank_sum = float(mean_rank[inverse][y].sum())  # sum of the positives' ranks
     u = rank_sum - n_pos * (n_pos + 1) / 2.0  # pairs (positive, negative) the positive wins, ties 1/2
     return u / (n_pos * n_neg)
+
+
+def linear_probe(x_train: torch.Tensor, y_train: list[str], x_eval: torch.Tensor, l2: float = 1.0) -> list[str]:
+    """A ridge-regression classifier (one-hot targets, features standardised on the train set,
+    a bias, penalty ``l2 * |W|^2``), solved in closed form: the predicted labels of ``x_eval``."""
+    classes = sorted(set(y_train))
+    if len(classes) == 1:
+        return classes * len(x_eval)
+    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+
+    def design(x: torch.Tensor) -> torch.Tensor:
+        z = ((x - mean) / std).double()
+        return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+
+    x = design(x_train)
+    targets = torch.zeros(len(y_train), len(classes), dtype=torch.float64)
+    targets[torch.arange(len(y_train)), torch.tensor([classes.index(v) for v in y_train])] = 1.0
+    penalty = l2 * torch.eye(x.shape[1], dtype=torch.float64)
+    penalty[-1, -1] = 0.0  # the bias is not penalised
+    w = torch.linalg.solve(x.T @ x + penalty, x.T @ targets)
+    return [classes[i] for i in (design(x_eval) @ w).argmax(1).tolist()]

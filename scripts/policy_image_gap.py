@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datamodules.geo_policy import GeoPolicyDataModule  # noqa: E402
+from datamodules.geo_policy import IGNORE_INDEX, GeoPolicyDataModule  # noqa: E402
+from dlgpr.metrics import linear_probe  # noqa: E402
 from dlgpr.models.prompting import PromptConfig  # noqa: E402
 from dlgpr.models.questioner import PolicyConfig, load_policy  # noqa: E402
-
-IGNORE_INDEX = -100
 
 
 @torch.no_grad()
@@ -66,25 +65,23 @@ def image_gap(model: Any, datamodule: GeoPolicyDataModule) -> dict[str, float]:
 
 
 @torch.no_grad()
-def city_probe(model: Any, world_dir: str, train_split: str = "train", eval_split: str = "val", ridge: float = 1e-3) -> dict[str, float]:
-    """Is the city in the policy's frozen image embedding at all? A ridge-regression classifier
-    (one-hot cities, closed form) on the unit image embeddings of ``train_split``, scored on
-    ``eval_split``: ``{"accuracy", "majority", "examples"}`` (``majority``: the most frequent
-    city's share of ``eval_split``, what a constant answer scores)."""
+def city_probe(model: Any, world_dir: str, train_split: str = "train", eval_split: str = "val") -> dict[str, float]:
+    """Is the city in the policy's frozen image embedding at all? The linear probe of
+    ``dlgpr.metrics.linear_probe`` (the one ``scripts/query_shapes.py`` reads attributes with) on the
+    unit image embeddings of ``train_split``, scored on ``eval_split``: ``{"accuracy", "majority",
+    "examples"}`` (``majority``: the most frequent city's share of ``eval_split``, what a constant
+    answer scores)."""
     from dlgpr.data.geo import read_synthcities_geo
 
     def embed(split: str) -> tuple[torch.Tensor, list[str]]:
         samples = list(read_synthcities_geo(world_dir, split))
-        vecs = [torch.nn.functional.normalize(model.tower.encode_image(model.pixel_values([s.image() for s in samples[i:i + 128]])).double(), dim=-1)
+        vecs = [torch.nn.functional.normalize(model.tower.encode_image(model.pixel_values([s.image() for s in samples[i:i + 128]])).float(), dim=-1)
                 for i in range(0, len(samples), 128)]
         return torch.cat(vecs), [s.city for s in samples]
 
     x_train, y_train = embed(train_split)
     x_eval, y_eval = embed(eval_split)
-    cities = sorted(set(y_train))
-    targets = torch.eye(len(cities), dtype=torch.float64)[[cities.index(c) for c in y_train]]  # [N, C]
-    w = torch.linalg.solve(x_train.T @ x_train + ridge * torch.eye(x_train.shape[1], dtype=torch.float64), x_train.T @ targets)  # [E, C]
-    predicted = [cities[i] for i in (x_eval @ w).argmax(dim=1).tolist()]
+    predicted = linear_probe(x_train, y_train, x_eval)
     accuracy = sum(p == y for p, y in zip(predicted, y_eval)) / len(y_eval)
     majority = max(y_eval.count(c) for c in set(y_eval)) / len(y_eval)
     return {"accuracy": accuracy, "majority": majority, "examples": len(y_eval)}

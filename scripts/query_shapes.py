@@ -38,7 +38,7 @@ import torch
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.data.streaming import _SENTENCE_END
 from dlgpr.data.synth.dialogue import SLOT_QUESTIONS, answer_sentence
-from dlgpr.metrics import recall_at_k
+from dlgpr.metrics import linear_probe, recall_at_k
 from dlgpr.ranking import rank_of_place
 from dlgpr.retrieval import ModuleTextRetriever, encode_gallery, load_retriever
 
@@ -62,27 +62,6 @@ def shapes(ks_sentences: list[int], ks_answers: list[int]) -> dict:
         k = max(ks_answers)
         out[f"{k} answers"] = lambda r, rng, k=k: " ".join(_answers(r.attributes, k, rng))
     return out
-
-
-def linear_probe(x_train: torch.Tensor, y_train: list[str], x_eval: torch.Tensor, l2: float = 1.0) -> list[str]:
-    """A ridge-regression classifier (one-hot targets, features standardised on the train set,
-    a bias, penalty ``l2 * |W|^2``), solved in closed form: the predicted labels of ``x_eval``."""
-    classes = sorted(set(y_train))
-    if len(classes) == 1:
-        return classes * len(x_eval)
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-
-    def design(x: torch.Tensor) -> torch.Tensor:
-        z = ((x - mean) / std).double()
-        return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
-
-    x = design(x_train)
-    targets = torch.zeros(len(y_train), len(classes), dtype=torch.float64)
-    targets[torch.arange(len(y_train)), torch.tensor([classes.index(v) for v in y_train])] = 1.0
-    penalty = l2 * torch.eye(x.shape[1], dtype=torch.float64)
-    penalty[-1, -1] = 0.0  # the bias is not penalised
-    w = torch.linalg.solve(x.T @ x + penalty, x.T @ targets)
-    return [classes[i] for i in (design(x_eval) @ w).argmax(1).tolist()]
 
 
 def slot_rows(module, retriever: ModuleTextRetriever, places: list, gallery, data_dir: str, split: str) -> dict:

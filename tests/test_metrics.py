@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dlgpr.metrics import recall_at_k
+from dlgpr.metrics import linear_probe, recall_at_k
 
 
 def test_recall_at_k():
@@ -47,3 +47,17 @@ def test_auroc_matches_torchmetrics_with_ties():
     scores = torch.randint(0, 12, (300,), generator=g).float() / 11  # many ties
     labels = (torch.rand(300, generator=g) < 0.15 + 0.5 * scores).long()
     assert auroc(scores, labels) == pytest.approx(float(binary_auroc(scores, labels)), abs=1e-6)
+
+
+def test_linear_probe_separates_what_is_separable_and_falls_back_to_one_class():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 4
+    labels = [["red", "blue", "grey"][i % 3] for i in range(300)]
+    x = centres[torch.arange(300) % 3] + torch.randn(300, 8, generator=g)
+    pred = linear_probe(x[:200], labels[:200], x[200:])
+    assert sum(p == t for p, t in zip(pred, labels[200:])) >= 98  # well-separated blobs
+    # features that carry nothing: about chance, never above the majority by much
+    noise = torch.randn(300, 8, generator=g)
+    pred = linear_probe(noise[:200], labels[:200], noise[200:])
+    assert sum(p == t for p, t in zip(pred, labels[200:])) < 55
+    assert linear_probe(x[:5], ["a"] * 5, x[5:8]) == ["a"] * 3

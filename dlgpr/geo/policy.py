@@ -156,6 +156,7 @@ class HybridGeoPredictor:
         named = {p.key: p for p in self.policy.predict(samples)}
         out: dict[str, GeoPrediction] = {}
         fallback: list[GeoSample] = []
+        inside_of: dict[tuple[float, float], np.ndarray] = {}  # the gallery mask of each named city, computed once
         for emb, kept in geo._query_embeddings(samples, ref):
             sims = emb @ ref.emb.T  # [b, N]
             for b, s in enumerate(kept):
@@ -165,8 +166,11 @@ class HybridGeoPredictor:
                     self.stats["no_city"] += 1
                     fallback.append(s)
                     continue
-                near = [haversine_km(ref.lat, ref.lon, lat, lon) <= self.radius_km for lat, lon in self._centres(match)]
-                inside = torch.as_tensor(np.logical_or.reduce(near), device=sims.device)  # [N]
+                city = (match.lat, match.lon)
+                if city not in inside_of:
+                    inside_of[city] = np.logical_or.reduce([haversine_km(ref.lat, ref.lon, lat, lon) <= self.radius_km
+                                                            for lat, lon in self._centres(match)])  # [N]
+                inside = torch.as_tensor(inside_of[city], device=sims.device)  # [N]
                 row_sims = sims[b].masked_fill(~inside, -math.inf)
                 if geo.exclude_same_place and s.place_id is not None:
                     row_sims = row_sims.masked_fill(ref.place_ids == int(s.place_id), -math.inf)

@@ -476,7 +476,8 @@ class GRPOModule(QuestionerModule):
             m = acc.compute()
             values = {f"val/acc@{k:g}km": v for k, v in m.accuracy.items()}
             values.update({"val/city_acc": m.city_accuracy, "val/country_acc": m.country_accuracy, "val/format_rate": formats[0] / formats[1]})
-            self.log_dict({k: torch.tensor(float(v)) for k, v in values.items()})
+            # each rank's share of the validation images; the logged value is the mean over ranks
+            self.log_dict({k: torch.tensor(float(v)) for k, v in values.items()}, sync_dist=True)
         acc.reset()
         formats[0] = formats[1] = 0
 
