@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TORCH_INDEX_URL ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install demo globe test test-slow clean-data
+.PHONY: install demo pipeline globe test test-slow clean-data
 
 $(STAMP): setup.cfg pyproject.toml requirements/torch.txt requirements/models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m dlgpr fit --config configs/cmpl.yaml
+
+# the embedded DlgPR questioner pipeline end to end (docs/DQPILOT.md): retriever, dialogue corpus,
+# DQ-Pilot SFT, GRPO, Table 1 with paired tests; resumable, stage by stage
+pipeline: $(STAMP)
+	PYTHON=$(PY) bash scripts/dqpilot_pipeline.sh
 
 # the embedded GLOBE end to end (docs/GLOBE.md, "The ablation"); resumable, stage by stage
 globe: $(STAMP)

@@ -8,8 +8,9 @@ simulated user (on SynthCities by default: the oracle teacher and the oracle use
 broadcasts the summary, so every rank logs the same numbers whatever the world size.
 
 Logged: ``dialogue/round{t}/recall@{k}`` (cumulative, ChatIR-style), ``dialogue/bri``,
-``dialogue/round{t}/prg``; a console table; a recall-versus-round figure and a few transcripts
-in TensorBoard; one JSON line per evaluation in ``<log_dir>/dialogue_val.jsonl``, and the last
+``dialogue/round{t}/prg``; a console table; a recall-versus-round figure, a few transcripts and
+a figure of the first dialogue (its questions, answers and top-5 thumbnails with the target
+framed; ``dlgpr.dialogue.evaluation.dialogue_figure``) in TensorBoard; one JSON line per evaluation in ``<log_dir>/dialogue_val.jsonl``, and the last
 evaluation's per-query ranks ``[Q, rounds + 1]`` in ``<log_dir>/dialogue_val_ranks.json`` (with
 query and place ids: what a paired test between two runs needs).
 """
@@ -27,7 +28,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.gather import RowCollector
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.dialogue.evaluation import bind_retriever, build_queries, recall_figure
+from dlgpr.data.jpeg import decode_jpeg, read_shard_jpegs
+from dlgpr.data.shards import read_manifest
+from dlgpr.dialogue.evaluation import bind_retriever, build_queries, dialogue_figure, recall_figure
 from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
 from dlgpr.dialogue.types import Answerer, Questioner
@@ -46,7 +49,8 @@ class DialogueEvalCallback(Callback):
         rounds: question rounds.
         top_k: candidates shown to the questioner.
         ks: the K of the cumulative R@K logged per round.
-        num_transcripts: dialogues written to TensorBoard as text.
+        num_transcripts: dialogues written to TensorBoard as text (the first of them also as a figure
+            with its thumbnails, ``dialogue/figure_0``).
         seed: choice of the query subset.
     """
 
@@ -76,6 +80,7 @@ class DialogueEvalCallback(Callback):
         self.seed = seed
         self._collector = RowCollector(_FIELDS)
         self._records: dict[tuple[int, int], Any] | None = None
+        self._jpegs: dict[str, bytes] | None = None
         self.last_summary: dict[str, Any] = {}
 
     def _due(self, trainer: Trainer) -> bool:
@@ -132,6 +137,19 @@ class DialogueEvalCallback(Callback):
         self._report(trainer, result, summary, full, log_dir)
         return summary
 
+    def _val_jpegs(self, trainer: Trainer) -> dict[str, bytes]:
+        """JPEG bytes of the validation split's images, read once (empty when the datamodule has no shards)."""
+        if self._jpegs is None:
+            self._jpegs = {}
+            data_dir = getattr(trainer.datamodule, "data_dir", None)
+            if data_dir is not None:
+                try:
+                    shards = [s.path for s in read_manifest(data_dir).split_shards("val")]
+                    self._jpegs = read_shard_jpegs(data_dir, shards)
+                except (OSError, ValueError, KeyError) as exc:
+                    rank_zero_info(f"[dialogue] no thumbnails for the dialogue figure ({type(exc).__name__}: {exc})")
+        return self._jpegs
+
     def _report(self, trainer: Trainer, result: Any, summary: dict[str, float], full: dict[str, Any], log_dir: str | None) -> None:
         header = "round " + " ".join(f"  R@{k}" for k in self.ks) + "    PRG"
         lines = [header]
@@ -147,6 +165,10 @@ class DialogueEvalCallback(Callback):
             experiment.add_figure("dialogue/recall_vs_round", recall_figure({type(self.questioner).__name__: result}), trainer.global_step)
             for i in range(min(self.num_transcripts, len(result.queries))):
                 experiment.add_text(f"dialogue/transcript_{i}", "    " + result.transcript(i).replace("\n", "\n    "), trainer.global_step)
+            if self.num_transcripts > 0 and len(result.queries):
+                jpegs = self._val_jpegs(trainer)
+                image = (lambda key: decode_jpeg(jpegs[key])) if jpegs else None
+                experiment.add_figure("dialogue/figure_0", dialogue_figure(result, 0, image=image), trainer.global_step)
         if log_dir is not None:
             path = Path(log_dir) / "dialogue_val.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ def float32(fn: _F) -> _F:
 
 
 __all__ = [
+    "zero_spread_share",
     "float32",
     "sdm_loss",
     "sdm_loss_from_similarity",
@@ -343,6 +344,15 @@ def group_advantages(rewards: Tensor, group_size: int, epsilon: float = 1e-4) ->
     mean = r.mean(dim=1, keepdim=True)  # [N, 1]
     std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)  # [N, 1]
     return ((r - mean) / (std + epsilon)).view(-1)  # [N * G]
+
+
+def zero_spread_share(rewards: Tensor, group_size: int, atol: float = 1e-9) -> Tensor:
+    """Share of groups whose ``group_size`` rewards are all equal (within ``atol``): their advantages
+    are all 0 and the prompt gives GRPO no gradient.  ``[N * G]`` -> scalar in [0, 1]."""
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # [N, G]
+    return ((r.amax(dim=1) - r.amin(dim=1)) <= atol).float().mean()
 
 
 def grpo_loss(

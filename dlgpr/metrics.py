@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg",
+    "recall_at_k", "recall_per_round", "cumulative_recall", "bri", "discounted_gain", "ideal_gain", "prg", "log_rank_gain",
     "semantic_ambiguity", "ddi", "per_query_bri", "sign_test", "paired_bootstrap_interval", "auroc", "linear_probe",
 ]
 
@@ -98,6 +98,33 @@ def prg(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, num_positives: 
     out = torch.where(saturated, delta / g_star.clamp(min=1e-12), delta / torch.where(saturated, torch.ones_like(room), room))
     out = torch.where(saturated & (delta.abs() < 1e-12), torch.zeros_like(out), out)
     return out.clamp(-1.0, 1.0) if clamp else out
+
+
+def log_rank_gain(prev_positive_ranks: Tensor, new_positive_ranks: Tensor, gallery_size: int) -> Tensor:
+    """A dense alternative to :func:`prg`: how many halvings the target's best rank made, on the scale
+    of the whole gallery, ``(log r_prev - log r_new) / log N`` (r = best positive rank, N = gallery size).
+
+    PRG discounts by ``1 / log2(r + 1)``, so a round that moves the target from rank 300 to 150 of
+    7,200 earns almost nothing; here it earns as much as a move from 2 to 1. In [-1, 1] (ranks are
+    in 1..N); 0 when the best rank does not change.
+
+    Args:
+        prev_positive_ranks: ``[Q, P]`` 1-based ranks of the positives before the round (0 = padding;
+            every row needs at least one positive).
+        new_positive_ranks: ``[Q, P]`` after the round.
+        gallery_size: N, the number of ranked images (> 1).
+    """
+    if gallery_size < 2:
+        raise ValueError(f"log_rank_gain needs a gallery of at least 2 images, got {gallery_size}")
+
+    def best(r: Tensor) -> Tensor:  # [Q, P] -> [Q]: the smallest non-padding rank
+        r = r.double()
+        return torch.where(r > 0, r, torch.full_like(r, math.inf)).min(dim=-1).values
+
+    b_prev, b_new = best(prev_positive_ranks), best(new_positive_ranks)
+    if not (torch.isfinite(b_prev).all() and torch.isfinite(b_new).all()):
+        raise ValueError("log_rank_gain: a query has no positive rank (a row of padding only)")
+    return ((b_prev.log() - b_new.log()) / math.log(gallery_size)).clamp(-1.0, 1.0)
 
 
 def semantic_ambiguity(target: Tensor, positive: Tensor, negatives: Tensor, alpha: float = 0.5) -> Tensor:

@@ -102,11 +102,16 @@ def test_every_config_parses(config, monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("config", OVERRIDE_CONFIGS, ids=[c.stem for c in OVERRIDE_CONFIGS])
 def test_override_configs_parse_on_top_of_the_main_config(config, monkeypatch, tmp_path, capsys):
+    # an override of another job names that job's config in the file name (dqpilot_grpo_*: configs/dqpilot_grpo.yaml)
+    base = "dqpilot_grpo.yaml" if config.stem.startswith("dqpilot_grpo_") else "cmpl.yaml"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(ROOT / "configs" / "cmpl.yaml"), "--config", str(config), "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / base), "--config", str(config), "--print_config"])
     assert exc.value.code == 0
-    assert "default_hp_metric: true" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "default_hp_metric: true" not in printed
+    if config.stem == "dqpilot_grpo_log_rank":
+        assert "gain: log_rank" in printed and "version: grpo_log_rank" in printed and "grpo_log_rank/policy" in printed
 
 
 def test_dialogue_retriever_override_turns_on_dialogue_style_queries(monkeypatch, tmp_path):
@@ -292,8 +297,18 @@ def test_evaluate_dialogue_script_on_a_fitted_checkpoint(monkeypatch, tmp_path):
                script.QuestionerEntry("Teacher", OracleTeacherQuestioner(), top_k=20)]
     out = tmp_path / "eval"
     summaries = script.evaluate(ckpt, entries, data_dir=str(data), split="test", rounds=3, report_rounds=[3], out_dir=str(out),
-                                num_workers=0, noise_rates=[0.0, 0.5], with_images=True)
+                                num_workers=0, noise_rates=[0.0, 0.5], noise_questioners=["PlugIR", "Teacher"], with_images=True)
     assert set(summaries) == {"Random", "PlugIR", "Teacher"}
+    # one dialogue figure per questioner; the noise sweep for both named questioners, rate 0 = the clean run
+    assert sorted(p.name for p in out.glob("dialogue_*.png")) == ["dialogue_plugir.png", "dialogue_random.png", "dialogue_teacher.png"]
+    noise_rows = [line for line in (out / "noise.md").read_text().splitlines() if line.startswith(("| PlugIR |", "| Teacher |"))]
+    assert len(noise_rows) == 4 and (out / "noise.png").stat().st_size > 0
+    noisy = json.loads((out / "noise_results.json").read_text())["results"]
+    clean_ranks = [q["ranks"] for q in json.loads((out / "results.json").read_text())["results"]["Teacher"]["queries"]]
+    assert [q["ranks"] for q in noisy["Teacher, error rate 0.00"]["queries"]] == clean_ranks
+    with pytest.raises(ValueError, match="noise_questioners"):
+        script.evaluate(ckpt, entries[:1], data_dir=str(data), split="test", rounds=1, report_rounds=[1], out_dir=str(tmp_path / "e2"),
+                        num_workers=0, noise_rates=[0.0], noise_questioners=["Nobody"], figure_query=None)
     table = (out / "table.md").read_text().splitlines()
     assert table[2].startswith("| Initial | 0 |") and len(table) == 3 + 3  # header, rule, Initial, one row per questioner
     results = json.loads((out / "results.json").read_text())
@@ -337,6 +352,14 @@ def test_logs_config_and_checkpoints_go_under_default_root_dir(monkeypatch, tmp_
     assert not (tmp_path / "lightning_logs").exists()  # nothing where the flag did not point
     tags = _scalar_tags(run)
     assert "val/recall@1" in tags and "hp_metric" not in tags  # TensorBoard's placeholder metric is off
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images: set[str] = set()
+    for events in run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        images |= set(acc.Tags()["images"])
+    assert {"dialogue/recall_vs_round", "dialogue/figure_0"} <= images  # the dialogue callback's figures
 
 
 def test_a_pinned_version_never_mixes_two_runs_in_one_folder(monkeypatch, tmp_path):

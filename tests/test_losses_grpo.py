@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dlgpr.losses import group_advantages, grpo_loss
+from dlgpr.losses import group_advantages, grpo_loss, zero_spread_share
 
 
 def test_group_advantages_by_hand():
@@ -90,3 +90,14 @@ def test_grpo_loss_matches_trl_on_identical_tensors():
         ours, _ = grpo_loss(logp, old, ref, adv, mask, epsilon=0.2, beta=beta)
         theirs = _trl_loss(logp, old, ref, adv, mask, epsilon=0.2, beta=beta)
         assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+
+
+def test_zero_spread_share_counts_the_groups_without_a_gradient():
+    rewards = torch.tensor([0.1, 0.1, 0.1, -1.5, 0.2, 0.2, 0.3, 0.3, 0.3, 0.0, 0.0, 1e-3])
+    assert zero_spread_share(rewards, 3).item() == pytest.approx(0.5)  # groups 1 and 3 of 4
+    # exactly the groups whose advantages are all zero
+    adv = group_advantages(rewards, 3).view(-1, 3)
+    assert zero_spread_share(rewards, 3).item() == pytest.approx((adv.abs().amax(dim=1) == 0).float().mean().item())
+    assert zero_spread_share(rewards, 1).item() == 1.0  # a group of one never has a spread
+    with pytest.raises(ValueError, match="groups of 5"):
+        zero_spread_share(rewards, 5)

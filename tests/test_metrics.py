@@ -61,3 +61,18 @@ def test_linear_probe_separates_what_is_separable_and_falls_back_to_one_class():
     pred = linear_probe(noise[:200], labels[:200], noise[200:])
     assert sum(p == t for p, t in zip(pred, labels[200:])) < 55
     assert linear_probe(x[:5], ["a"] * 5, x[5:8]) == ["a"] * 3
+
+
+def test_log_rank_gain_by_hand() -> None:
+    from dlgpr.metrics import log_rank_gain
+
+    prev = torch.tensor([[300, 0], [2, 9], [1, 5], [7, 8]])  # 0 = padding; the best rank counts
+    new = torch.tensor([[150, 0], [1, 3], [1, 2], [70, 80]])
+    got = log_rank_gain(prev, new, gallery_size=7200)
+    half = math.log(2) / math.log(7200)
+    assert got.tolist() == pytest.approx([half, half, 0.0, -math.log(10) / math.log(7200)])
+    # a move from the bottom of the gallery to the top is the whole range; nothing moved is exactly 0
+    assert log_rank_gain(torch.tensor([[7200]]), torch.tensor([[1]]), 7200).item() == pytest.approx(1.0)
+    assert log_rank_gain(torch.tensor([[1]]), torch.tensor([[7200]]), 7200).item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="no positive"):
+        log_rank_gain(torch.tensor([[0, 0]]), torch.tensor([[1, 0]]), 10)

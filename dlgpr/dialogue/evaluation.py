@@ -2,14 +2,16 @@
 
 ``build_queries`` picks the searches (one per place: its vague initial caption, the target's
 description of view 0 and its attributes); ``table_markdown`` writes the paper's Table 1 shape;
-``recall_figure`` plots cumulative recall against the round. The gallery is encoded by
-``dlgpr.retrieval.encode_gallery``.
+``recall_figure`` plots cumulative recall against the round; ``dialogue_figure`` draws one
+dialogue (the caption, each round's question and answer, the top-ranked thumbnails with the
+target marked). The gallery is encoded by ``dlgpr.retrieval.encode_gallery``.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Sequence
+import textwrap
+from typing import Any, Callable, Iterable, Sequence
 
 from dlgpr.data.schema import PlaceRecord
 from dlgpr.dialogue.loop import DialogueQuery, DialogueResult
@@ -77,4 +79,74 @@ def recall_figure(results: dict[str, DialogueResult], k: int = 1):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def dialogue_figure(result: DialogueResult, index: int, image: Callable[[str], Any] | None = None, title: str = "",
+                    thumbnails: int = 5):
+    """Matplotlib figure of dialogue ``index`` of ``result``: one row per round 0..T, the text on
+    the left (round 0: the user's initial description; round t: question t and its answer) and
+    the first ``thumbnails`` images of that round's ranking on the right, the target's views
+    framed in green, with the target's rank above them.
+
+    ``image(key)`` returns the PIL image of a gallery key (None, or a key it cannot read, draws a
+    grey tile with the place id). Needs a result with ``ranked_keys`` (``run_dialogue`` records them).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if result.ranked_keys is None or result.ranked_places is None:
+        raise ValueError("this DialogueResult has no ranked_keys (made by an older run_dialogue?)")
+    if not 0 <= index < len(result.queries):
+        raise IndexError(f"dialogue {index} of {len(result.queries)}")
+    query, turns = result.queries[index], result.turns[index]
+    rows = result.rounds + 1
+    fig = plt.figure(figsize=(3.2 + 1.25 * thumbnails, 1.35 * rows + 0.5), dpi=110)
+    grid = fig.add_gridspec(rows, thumbnails + 1, width_ratios=[3.2 / 1.25] + [1] * thumbnails, wspace=0.05, hspace=0.35)
+    target = query.target.place_id
+    for t in range(rows):
+        ax = fig.add_subplot(grid[t, 0])
+        ax.axis("off")
+        if t == 0:
+            text = f"user: {query.initial_description}"
+        elif t - 1 < len(turns):
+            turn = turns[t - 1]
+            text = f"Q{t}: {turn.question}" + (f" [failed: {turn.failure}]" if turn.failed else "") + f"\nA{t}: {turn.answer}"
+        else:
+            text = f"(stopped after round {len(turns)})"
+        ax.text(0.0, 0.5, "\n".join(textwrap.fill(line, 46) for line in text.split("\n")), va="center", ha="left", fontsize=6.5,
+                transform=ax.transAxes)
+        ax.text(0.0, 1.02, f"round {t}: target rank {float(result.ranks[index, t]):g}", fontsize=7, fontweight="bold",
+                transform=ax.transAxes, va="bottom")
+        keys, places = result.ranked_keys[index][t], result.ranked_places[index][t]
+        for j in range(thumbnails):
+            tile = fig.add_subplot(grid[t, j + 1])
+            tile.set_xticks([])
+            tile.set_yticks([])
+            if j >= len(keys):
+                tile.axis("off")
+                continue
+            picture = None
+            if image is not None:
+                try:
+                    picture = image(keys[j])
+                except (KeyError, OSError, ValueError):
+                    picture = None
+            if picture is not None:
+                tile.imshow(picture)
+            else:
+                tile.set_facecolor("0.85")
+                tile.text(0.5, 0.5, f"place {places[j]}", ha="center", va="center", fontsize=6, transform=tile.transAxes)
+            hit = places[j] == target
+            for side in tile.spines.values():
+                side.set_edgecolor("tab:green" if hit else "0.6")
+                side.set_linewidth(3.0 if hit else 0.5)
+            if hit:
+                tile.add_patch(Rectangle((0, 0), 1, 1, transform=tile.transAxes, fill=False, edgecolor="tab:green", linewidth=3))
+            if t == 0:
+                tile.set_title(f"#{j + 1}", fontsize=7)
+    fig.suptitle(title or f"dialogue {query.query_id} (target place {target})", fontsize=9)
     return fig

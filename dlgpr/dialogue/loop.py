@@ -51,7 +51,9 @@ class DialogueResult:
     ``ranks [Q, T+1]``: 1-based rank of the best image of the target place (float64: the
     expected rank of ``dlgpr.ranking``, a half-integer when scores tie); ``positive_ranks
     [Q, T+1, P]``: ranks of all its images (0 = padding); ``num_positives [Q]``; ``turns[q]``:
-    the T exchanges (fewer when it stopped early); ``top_keys[q][t]``: the candidates of round t.
+    the T exchanges (fewer when it stopped early); ``top_keys[q][t]``: the candidates of round t;
+    ``ranked_keys[q][t]`` / ``ranked_places[q][t]``: the gallery keys and place ids of the first
+    ``keep_ranked`` images of round t's ranking (what a figure of the dialogue shows).
 
     With adaptive stopping, ``questions_asked [Q]`` is the round each query stopped at (T when it
     never stopped) and ``confidence [Q, T+1]`` the stopping rule's value of each ranked round
@@ -70,6 +72,8 @@ class DialogueResult:
     timings: dict[str, float] = field(default_factory=dict)
     questions_asked: Tensor | None = None
     confidence: Tensor | None = None
+    ranked_keys: list[list[list[str]]] | None = None
+    ranked_places: list[list[list[int]]] | None = None
 
     def __post_init__(self) -> None:
         if self.questions_asked is None:
@@ -114,6 +118,8 @@ class DialogueResult:
                 "questions_asked": int(self.questions_asked[i]),
                 "turns": [{"question": t.question, "think": t.think, "answer": t.answer, "failed": t.failed, "failure": t.failure} for t in self.turns[i]],
                 "top_keys": self.top_keys[i],
+                **({"ranked_keys": self.ranked_keys[i], "ranked_places": self.ranked_places[i]} if self.ranked_keys is not None
+                   and self.ranked_places is not None else {}),
             })
         return out
 
@@ -141,6 +147,7 @@ def run_dialogue(
     backend: Backend = "auto",
     candidate_sets: Sequence[Sequence[int]] | None = None,
     stopping: StoppingConfig | None = None,
+    keep_ranked: int = 5,
 ) -> DialogueResult:
     """Run ``rounds`` question rounds for every query.
 
@@ -160,6 +167,8 @@ def run_dialogue(
             corpus: target, positive view, hard negatives). Their scores are the round's.
         stopping: adaptive stopping (:mod:`dlgpr.dialogue.stopping`): after each ranked round
             a query whose list passes the rule is asked nothing more. None: always ``rounds``.
+        keep_ranked: images of each round's ranking recorded per query (``ranked_keys``,
+            ``ranked_places``), whatever ``top_k``: the thumbnails of a dialogue figure.
 
     Each round: compose the queries, encode them, search and rank (:func:`search_round`), decide
     who stops (with ``stopping``), then ask (:func:`question_requests`, failures recorded by
@@ -176,11 +185,16 @@ def run_dialogue(
     stats["targets_missing_from_gallery"] = sum(1 for p in labels.tolist() if gallery.num_positives(p) == 0)
     timings = {"encode": 0.0, "search": 0.0, "question": 0.0, "answer": 0.0}
     compose = composer_for(questioner)
-    listed = max(top_k, stopping.top_k) if stopping is not None else top_k  # the stopping rule may read deeper than the questioner
+    if keep_ranked < 0:
+        raise ValueError(f"keep_ranked must be >= 0, got {keep_ranked}")
+    listed_rule = max(top_k, stopping.top_k) if stopping is not None else top_k  # the stopping rule may read deeper than the questioner
+    listed = max(listed_rule, keep_ranked)
     depth = max(depth, min(listed, len(gallery)))
     n = len(queries)
     histories: list[list[Turn]] = [[] for _ in queries]
     ranks, pos_ranks, top_keys = [], [], [[] for _ in queries]
+    ranked_keys: list[list[list[str]]] = [[] for _ in queries]
+    ranked_places: list[list[list[int]]] = [[] for _ in queries]
     active = list(range(n))  # queries still being asked
     asked = torch.full((n,), rounds, dtype=torch.long)
     conf = torch.full((n, rounds + 1), float("nan"), dtype=torch.float64) if stopping is not None else None
@@ -202,6 +216,8 @@ def run_dialogue(
         if not active:
             for i in range(n):
                 top_keys[i].append(top_keys[i][-1])
+                ranked_keys[i].append(ranked_keys[i][-1])
+                ranked_places[i].append(ranked_places[i][-1])
             continue
         shown = min(top_k, idx.shape[1])
         if shown < top_k:
@@ -209,13 +225,19 @@ def run_dialogue(
         keep = set(active)
         for a, i in enumerate(active):
             top_keys[i].append([gallery.keys[j] for j in idx[a, :shown].tolist()])
+            listed_rows = [j for j in idx[a, :keep_ranked].tolist() if j >= 0]
+            ranked_keys[i].append([gallery.keys[j] for j in listed_rows])
+            ranked_places[i].append([int(gallery.place_ids[j]) for j in listed_rows])
         for i in range(n):
             if i not in keep:
                 top_keys[i].append(top_keys[i][-1])
+                ranked_keys[i].append(ranked_keys[i][-1])
+                ranked_places[i].append(ranked_places[i][-1])
         if t == rounds:
             break
         if stopping is not None:
-            stop, c = stop_decisions(scores, gallery.place_ids[idx.clamp(min=0)].masked_fill(idx < 0, -1), t, stopping)
+            head_s, head_i = scores[:, :listed_rule], idx[:, :listed_rule]  # the rule reads what it read before keep_ranked
+            stop, c = stop_decisions(head_s, gallery.place_ids[head_i.clamp(min=0)].masked_fill(head_i < 0, -1), t, stopping)
             conf[act, t] = c
             for a, i in enumerate(active):
                 if bool(stop[a]):
@@ -248,6 +270,8 @@ def run_dialogue(
         timings=timings,
         questions_asked=asked,
         confidence=conf,
+        ranked_keys=ranked_keys,
+        ranked_places=ranked_places,
     )
 
 

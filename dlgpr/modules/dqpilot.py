@@ -38,7 +38,7 @@ from torch import Tensor
 from dlgpr.data.geo import GeoSample
 from dlgpr.dialogue.hf import HFQuestioner, HFQuestionerConfig
 from dlgpr.dialogue.types import ProcessorConsumer, ReportsStats
-from dlgpr.losses import group_advantages, grpo_loss
+from dlgpr.losses import group_advantages, grpo_loss, zero_spread_share
 from dlgpr.models.prompting import Messages, PromptConfig, PromptEncoder, generate, geo_messages, message_images, placeholder_token_ids
 from dlgpr.models.questioner import LoRAConfig, PolicyConfig, apply_lora, export_policy, is_peft, load_policy
 from dlgpr.modules.optim import OptimConfig, param_groups, warmup_cosine
@@ -420,6 +420,8 @@ class GRPOModule(QuestionerModule):
             "train/reward_mean": r.mean(),
             "train/reward_std": r.std() if r.numel() > 1 else torch.zeros(()),
             "train/reward_group_std": r.view(-1, g).std(dim=1).mean(),
+            # groups whose G rewards are all equal: zero advantage, no gradient from that prompt
+            "train/zero_spread_groups": zero_spread_share(r, g),
             "train/completion_length": roll.completion_mask.sum(1).float().mean(),
             "train/aborted_steps": torch.tensor(float(self.aborted_steps)),
             "time/generation_s": torch.tensor(t1 - t0),

@@ -34,7 +34,7 @@ from dlgpr.dialogue.answerers import DONT_KNOW, DONT_REMEMBER, OracleAnswerer
 from dlgpr.data.turns import AnswerRequest, Target, Turn
 from dlgpr.dialogue.types import Answerer, compose_query
 from dlgpr.models.reply_format import parse_question
-from dlgpr.metrics import prg
+from dlgpr.metrics import log_rank_gain, prg
 from dlgpr.ranking import Gallery, gallery_positive_ranks
 from dlgpr.retrieval import ModuleTextRetriever, TextRetriever, encode_gallery, load_retriever
 from dlgpr.rewards.base import FAILURE_KINDS, UNANSWERABLE, RewardProfile
@@ -67,6 +67,10 @@ class RetrievalGainReward:
         failure_value: the reward of a failed reply (malformed, blank question, unanswerable, no
             answer); it must be below -1, the lowest clamped PRG.
         batch_size: texts per encoder call.
+        gain: ``"prg"`` (the paper's R_prg: PRG of the round) or ``"log_rank"`` (a denser variant,
+            :func:`dlgpr.metrics.log_rank_gain`: the change of the target's log best rank over
+            log of the gallery size, so moving from rank 300 to 150 counts as much as 2 to 1).
+            Both lie in [-1, 1], so the failure value and its ordering hold for either.
         max_consecutive_answer_failures: failed answers in a row (across calls) that raise
             :class:`AnswererFailing` (None: never). A setting of the reward, not of the answerer:
             the reward is where a failed answer silently becomes a training signal, it holds for
@@ -85,7 +89,12 @@ class RetrievalGainReward:
         failure_value: float = -1.5,
         batch_size: int = 256,
         max_consecutive_answer_failures: int | None = 20,
+        gain: str = "prg",
     ) -> None:
+        if gain not in ("prg", "log_rank"):
+            raise ValueError(f"gain must be 'prg' or 'log_rank', got {gain!r}")
+        if gain == "log_rank" and not clamp:
+            raise ValueError("gain='log_rank' is bounded in [-1, 1] already; clamp=False applies to 'prg' only")
         if not failure_value < -1.0:
             raise ValueError(f"failure_value must be below -1 (the lowest PRG a question can earn), got {failure_value}")
         if max_consecutive_answer_failures is not None and max_consecutive_answer_failures < 1:
@@ -99,6 +108,7 @@ class RetrievalGainReward:
         self.failure_value = float(failure_value)
         self.batch_size = batch_size
         self.max_consecutive_answer_failures = max_consecutive_answer_failures
+        self.gain = gain
         self._failure_streak: Counter = Counter()  # error kinds of the failed answers since the last answer
         self._retriever: TextRetriever | None = None
         self._gallery: Gallery | None = None
@@ -172,7 +182,12 @@ class RetrievalGainReward:
             places = [target[i].place_id for i in informative] * 2
             ranks, num_pos = gallery_positive_ranks(emb, gallery, places)  # [2K, P], [2K]
             k = len(informative)
-            gain = prg(ranks[:k], ranks[k:], num_pos[:k], clamp=self.clamp)  # [K]
+            gains = {"prg": prg(ranks[:k], ranks[k:], num_pos[:k], clamp=self.clamp),  # [K]
+                     "log_rank": log_rank_gain(ranks[:k], ranks[k:], len(gallery))}  # [K]
+            # both measures of the answered questions, whichever is the reward, so runs on either compare
+            stats["mean_prg"] = float(gains["prg"].mean())
+            stats["mean_log_rank_gain"] = float(gains["log_rank"].mean())
+            gain = gains[self.gain]
             for j, i in enumerate(informative):
                 values[i] = float(gain[j])
         stats["answered"] = len(informative)

@@ -236,3 +236,32 @@ def test_teacher_slot_weights_come_from_the_schema_unless_configured():
     weighted = SynthCitiesSchema()
     weighted_two = type("W", (TwoSlots,), {"slot_weights": weighted.slot_weights})()
     assert OracleTeacherQuestioner(schema=weighted_two).choose(req)[0] == "door_color"  # the schema's weights apply
+
+
+def test_ranked_keys_are_the_head_of_each_rounds_ranking_and_the_figure_frames_the_target(world):
+    from matplotlib.patches import Rectangle
+
+    from dlgpr.dialogue.evaluation import dialogue_figure
+
+    retriever, gallery, queries = world
+    qs = queries[:30]
+    res = run_dialogue(retriever, OracleTeacherQuestioner(), OracleAnswerer(), qs, gallery, rounds=2, top_k=2, keep_ranked=5)
+    assert all(len(k) == 2 for ks in res.top_keys for k in ks)  # the questioner still sees top_k
+    for i, q in enumerate(qs):
+        for t in range(3):
+            keys, places = res.ranked_keys[i][t], res.ranked_places[i][t]
+            assert len(keys) == 5 and keys[:2] == res.top_keys[i][t]
+            assert places == [int(gallery.place_ids[gallery.keys.index(k)]) for k in keys]
+            if float(res.ranks[i, t]) == 1.0:  # strictly first (an expected rank of 1 has no tie): listed first
+                assert places[0] == q.target.place_id
+    i = next(j for j in range(len(qs)) if qs[j].target.place_id in res.ranked_places[j][2])  # a dialogue whose target gets listed
+    hits = sum(p == qs[i].target.place_id for t in range(3) for p in res.ranked_places[i][t])
+    fig = dialogue_figure(res, i, image=None, title="test")
+    frames = [p for ax in fig.axes for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(frames) == hits  # one green frame per listed view of the target, none elsewhere
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert qs[i].initial_description.split()[0] in texts and f"Q1: {res.turns[i][0].question}".split()[0] in texts
+    with pytest.raises(IndexError):
+        dialogue_figure(res, 99)
+    with pytest.raises(ValueError, match="keep_ranked"):
+        run_dialogue(retriever, OracleTeacherQuestioner(), OracleAnswerer(), qs, gallery, rounds=1, top_k=2, keep_ranked=-1)

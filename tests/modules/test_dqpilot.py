@@ -278,11 +278,12 @@ def test_grpo_with_lora_trains_the_adapter_and_logs(corpus: dict[str, Path], tex
     assert trainer.global_step == 2 and module.aborted_steps == 0
     assert_adapter_trained_base_frozen(module.model, before)
     m = trainer.callback_metrics
-    for key in ("train/reward_mean", "train/kl", "train/clip_fraction", "train/completion_length", "time/generation_s",
+    for key in ("train/reward_mean", "train/zero_spread_groups", "train/reward_group_std", "train/kl", "train/clip_fraction", "train/completion_length", "time/generation_s",
                 "train/reward/length", "train/reward/format", "val/reward"):
         assert key in m and math.isfinite(float(m[key])), key
     assert 1 <= float(m["train/completion_length"]) <= 8  # max_new_tokens
     assert float(m["train/kl"]) >= 0 and 0 <= float(m["train/clip_fraction"]) <= 1
+    assert 0 <= float(m["train/zero_spread_groups"]) <= 1
     assert float(m["train/aborted_steps"]) == 0
 
 

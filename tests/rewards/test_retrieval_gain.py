@@ -156,3 +156,25 @@ def test_the_failure_limit_is_validated_and_can_be_turned_off() -> None:
     assert reward.last_stats["answer_failures"] == 50
     with pytest.raises(AnswererFailing, match="timeout x20"):  # the default limit, 20
         call(RetrievalGainReward.from_parts(StubRetriever(), gallery(), FailingAnswerer()), [DOOR] * 20)
+
+
+def test_log_rank_gain_is_the_change_of_the_best_rank_in_log_units_of_the_gallery() -> None:
+    # the denser variant: best positive rank 3 -> 2 (door) and 3 -> 4 (number) over a 5-image gallery
+    reward = RetrievalGainReward.from_parts(StubRetriever(), gallery(), OracleAnswerer(), gain="log_rank")
+    values = call(reward, [NO_FORMAT, DOOR, NUMBER])
+    assert values == pytest.approx([-1.5, math.log(3 / 2) / math.log(5), math.log(3 / 4) / math.log(5)], abs=1e-9)
+    assert reward.profile().well_formed == (-1.0, 1.0)  # the failure ordering holds as for PRG
+    with pytest.raises(ValueError, match="gain must be"):
+        RetrievalGainReward(gain="ndcg")
+    with pytest.raises(ValueError, match="clamp=False"):
+        RetrievalGainReward(gain="log_rank", clamp=False)
+
+
+def test_the_stats_hold_both_gains_of_the_answered_questions_whichever_is_the_reward() -> None:
+    door, number = hand_prg([3, 5], [2, 4]), hand_prg([3, 5], [4, 5])
+    log_door, log_number = math.log(3 / 2) / math.log(5), math.log(3 / 4) / math.log(5)
+    for gain in ("prg", "log_rank"):
+        reward = RetrievalGainReward.from_parts(StubRetriever(), gallery(), OracleAnswerer(), gain=gain)
+        call(reward, [NO_FORMAT, DOOR, NUMBER])  # the malformed reply is in neither mean
+        assert reward.last_stats["mean_prg"] == pytest.approx((door + number) / 2)
+        assert reward.last_stats["mean_log_rank_gain"] == pytest.approx((log_door + log_number) / 2)
