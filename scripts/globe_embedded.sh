@@ -9,15 +9,7 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 LOGS=lightning_logs/globe
-stamp() { date -u +%H:%M:%S; }
-stage() {  # stage <name> <output that marks it done> <command...>
-  local name=$1 done_marker=$2; shift 2
-  if [ -e "$done_marker" ]; then echo "[$(stamp)] $name: done ($done_marker exists), skipped"; return; fi
-  echo "[$(stamp)] $name: start"
-  local t0=$SECONDS
-  "$@"
-  echo "[$(stamp)] $name: finished in $((SECONDS - t0)) s"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # stamp, stage
 fit() {  # fit <log version> <config> [overrides...]: a fresh log folder, then python -m dlgpr fit
   local version=$1; shift
   rm -rf "$LOGS/$version"
