@@ -28,8 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.gather import RowCollector
 from dlgpr.dialogue.answerers import OracleAnswerer
-from dlgpr.data.jpeg import decode_jpeg, read_shard_jpegs
-from dlgpr.data.shards import read_manifest
+from dlgpr.data.jpeg import decode_jpeg, read_split_jpegs
 from dlgpr.dialogue.evaluation import bind_retriever, build_queries, dialogue_figure, recall_figure
 from dlgpr.dialogue.loop import run_dialogue
 from dlgpr.dialogue.questioners import OracleTeacherQuestioner
@@ -144,8 +143,7 @@ class DialogueEvalCallback(Callback):
             data_dir = getattr(trainer.datamodule, "data_dir", None)
             if data_dir is not None:
                 try:
-                    shards = [s.path for s in read_manifest(data_dir).split_shards("val")]
-                    self._jpegs = read_shard_jpegs(data_dir, shards)
+                    self._jpegs = read_split_jpegs(data_dir, "val")
                 except (OSError, ValueError, KeyError) as exc:
                     rank_zero_info(f"[dialogue] no thumbnails for the dialogue figure ({type(exc).__name__}: {exc})")
         return self._jpegs

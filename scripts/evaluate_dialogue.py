@@ -37,8 +37,7 @@ from jsonargparse import auto_cli
 
 from datamodules.dqcities import DQCitiesDataModule
 from dlgpr.dialogue.answerers import NoiseConfig, NoisyAnswerer, OracleAnswerer
-from dlgpr.data.jpeg import decode_jpeg, read_shard_jpegs
-from dlgpr.data.shards import read_manifest
+from dlgpr.data.jpeg import decode_jpeg, read_split_jpegs
 from dlgpr.dialogue.evaluation import bind_retriever, build_queries, dialogue_figure, recall_figure, table_markdown
 from dlgpr.dialogue.loop import DialogueResult, run_dialogue
 from dlgpr.dialogue.types import Answerer, Questioner
@@ -81,8 +80,9 @@ def slug(name: str) -> str:
 
 def write_dialogue_figures(results: dict[str, DialogueResult], index: int, data_dir: str, split: str, out: Path) -> list[Path]:
     """``out/dialogue_<questioner>.png`` for each questioner: dialogue ``index`` (the same query for all)."""
-    shards = [s.path for s in read_manifest(data_dir).split_shards(split)]
-    jpegs = read_shard_jpegs(data_dir, shards)
+    import matplotlib.pyplot as plt
+
+    jpegs = read_split_jpegs(data_dir, split)
     paths = []
     for name, res in results.items():
         query = res.queries[index]
@@ -90,6 +90,7 @@ def write_dialogue_figures(results: dict[str, DialogueResult], index: int, data_
                               title=f"{name}: test query {query.query_id} (target place {query.target.place_id})")
         path = out / f"dialogue_{slug(name)}.png"
         fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
         paths.append(path)
     print("wrote " + ", ".join(str(p) for p in paths))
     return paths

@@ -26,6 +26,13 @@ def read_shard_jpegs(data_dir: str | os.PathLike, shard_paths: Sequence[str]) ->
     return jpegs
 
 
+def read_split_jpegs(data_dir: str | os.PathLike, split: str) -> dict[str, bytes]:
+    """``sample key -> JPEG bytes`` of every image of one split of a DQ-Cities directory (its manifest's shards)."""
+    from dlgpr.data.shards import read_manifest
+
+    return read_shard_jpegs(data_dir, [s.path for s in read_manifest(data_dir).split_shards(split)])
+
+
 def decode_jpeg(data: bytes) -> Image.Image:
     """The RGB image of JPEG bytes, fully decoded (a corrupt file raises here)."""
     return Image.open(io.BytesIO(data)).convert("RGB")
@@ -37,4 +44,4 @@ def shard_image_loader(data_dir: str | os.PathLike, shard_paths: Sequence[str], 
     return lambda i: decode_jpeg(jpegs[keys[i]])
 
 
-__all__ = ["decode_jpeg", "read_shard_jpegs", "shard_image_loader"]
+__all__ = ["decode_jpeg", "read_shard_jpegs", "read_split_jpegs", "shard_image_loader"]

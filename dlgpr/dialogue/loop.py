@@ -223,11 +223,12 @@ def run_dialogue(
         if shown < top_k:
             stats["short_candidate_lists"] += len(active)
         keep = set(active)
+        head = idx[:, :keep_ranked]  # [A, keep_ranked] gallery rows, -1 for an empty slot
+        head_rows, head_places = head.tolist(), gallery.place_ids[head.clamp(min=0)].tolist()
         for a, i in enumerate(active):
             top_keys[i].append([gallery.keys[j] for j in idx[a, :shown].tolist()])
-            listed_rows = [j for j in idx[a, :keep_ranked].tolist() if j >= 0]
-            ranked_keys[i].append([gallery.keys[j] for j in listed_rows])
-            ranked_places[i].append([int(gallery.place_ids[j]) for j in listed_rows])
+            ranked_keys[i].append([gallery.keys[j] for j in head_rows[a] if j >= 0])
+            ranked_places[i].append([p for j, p in zip(head_rows[a], head_places[a]) if j >= 0])
         for i in range(n):
             if i not in keep:
                 top_keys[i].append(top_keys[i][-1])
